@@ -1,0 +1,3 @@
+"""CLI commands: demo."""
+
+from geovit.cli._app import app  # noqa: F401
