@@ -1,3 +1,247 @@
-"""CLI commands: evaluate."""
+"""CLI commands: `geovit evaluate`, `geovit calibrate` and `geovit predict`."""
 
-from geovit.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from geovit.cli._app import app
+from geovit.cli._common import console, err_console, friendly
+from geovit.errors import GeovitError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from geovit.predictor import Prediction, Predictor
+
+FORMATS = ("table", "json", "geojson")
+
+CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help="model.pt, best.ckpt or last.ckpt.")
+DATA = typer.Option(..., "--data", "-d", help="Dataset folder or table (any format geovit reads).")
+DATA_FORMAT = typer.Option("auto", "--format", help="Dataset layout (auto-detected by default).")
+VAL_SPLIT = typer.Option("sequence", help="How validation is carved from train (as in training).")
+SEED = typer.Option(0, help="Seed of the validation split (as in training).")
+BATCH_SIZE = typer.Option(64, "--batch-size", "-b", help="Images per forward pass.")
+WORKERS = typer.Option(0, "--workers", "-w", help="DataLoader worker processes.")
+
+
+def _load_split_manifest(data: Path, fmt: str, val_split: str, seed: int) -> pd.DataFrame:
+    from geovit.data.manifest import load_manifest
+
+    manifest, report = load_manifest(data, fmt=fmt, val_split=val_split, seed=seed)
+    for line in report.lines():
+        err_console.print(line, highlight=False)
+    return manifest
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise GeovitError(
+            f"--top-k {text!r} must be positive integers separated by commas, e.g. 1,3,5"
+        )
+    return ks
+
+
+@app.command()
+@friendly
+def evaluate(
+    checkpoint: Path = CHECKPOINT,
+    data: Path = DATA,
+    split: str = typer.Option("test", help="Which split to score: test, val or train."),
+    top_k: str = typer.Option("1,3,5", "--top-k", help="Cell accuracies to report, e.g. 1,3,5,10."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for metrics.json, metrics.md, reliability.png."
+    ),
+    places: bool = typer.Option(
+        True, help="Country/region/sub-region/city accuracy (offline geocoder)."
+    ),
+    batch_size: int = BATCH_SIZE,
+    workers: int = WORKERS,
+    fmt: str = DATA_FORMAT,
+    val_split: str = VAL_SPLIT,
+    seed: int = SEED,
+) -> None:
+    """Score a checkpoint on one split: cell accuracy, distances, places, calibration."""
+    from geovit.evaluation import evaluate as run_evaluation
+    from geovit.evaluation import split_rows, summary_tables, write_outputs
+    from geovit.predictor import Predictor
+
+    ks = _parse_ks(top_k)
+    predictor = Predictor.from_checkpoint(checkpoint)
+    manifest = _load_split_manifest(data, fmt, val_split, seed)
+    with _progress() as bar:
+        task = bar.add_task(f"evaluating {split}", total=len(split_rows(manifest, split)))
+        metrics = run_evaluation(
+            predictor,
+            manifest,
+            split,
+            batch_size=batch_size,
+            workers=workers,
+            ks=ks,
+            places=places,
+            progress=lambda n: bar.advance(task, n),
+        )
+    metrics["checkpoint"] = str(checkpoint)
+    for title, header, rows in summary_tables(metrics):
+        table = Table(*header, title=title, title_justify="left")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"distances: {metrics['distance']['convention']}", highlight=False)
+    paths = write_outputs(metrics, out, title=f"Evaluation of {checkpoint.name} on {split}")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False)
+
+
+@app.command()
+@friendly
+def calibrate(
+    checkpoint: Path = CHECKPOINT,
+    data: Path = DATA,
+    split: str = typer.Option("val", help="Split to fit the temperature on (never test)."),
+    max_images: int = typer.Option(
+        20_000, help="Fit on a seeded sample of at most this many images."
+    ),
+    batch_size: int = BATCH_SIZE,
+    workers: int = WORKERS,
+    fmt: str = DATA_FORMAT,
+    val_split: str = VAL_SPLIT,
+    seed: int = SEED,
+) -> None:
+    """Fit a softmax temperature on the validation split and store it in the checkpoint."""
+    from geovit.checkpoint import set_temperature
+    from geovit.evaluation import calibrate as fit_on_split
+    from geovit.evaluation import split_rows
+    from geovit.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    manifest = _load_split_manifest(data, fmt, val_split, seed)
+    with _progress() as bar:
+        n = min(len(split_rows(manifest, split)), max_images)
+        task = bar.add_task(f"logits of {split}", total=n)
+        fit = fit_on_split(
+            predictor,
+            manifest,
+            split,
+            batch_size=batch_size,
+            workers=workers,
+            max_images=max_images,
+            seed=seed,
+            progress=lambda k: bar.advance(task, k),
+        )
+    set_temperature(checkpoint, fit.temperature)
+    table = Table(
+        "",
+        "T = 1",
+        f"T = {fit.temperature:.4f}",
+        title=f"temperature fit on {fit.n_images} {split} images",
+        title_justify="left",
+    )
+    table.add_row("NLL", f"{fit.nll_before:.4f}", f"{fit.nll_after:.4f}")
+    table.add_row("ECE (15 bins)", f"{fit.ece_before:.4f}", f"{fit.ece_after:.4f}")
+    console.print(table)
+    console.print(f"stored temperature {fit.temperature:.4f} in {checkpoint}", highlight=False)
+
+
+def _prediction_table(path: str, pred: Prediction) -> Table:
+    table = Table(
+        "rank",
+        "probability",
+        "S2 token",
+        "lat",
+        "lon",
+        "place",
+        title=f"{path}: best guess {pred.best_lat:.4f}, {pred.best_lon:.4f}",
+        title_justify="left",
+    )
+    for row in pred.to_dict()["top_k"]:
+        table.add_row(
+            str(row["rank"]),
+            f"{row['probability']:.2%}",
+            row["token"],
+            f"{row['lat']:.4f}",
+            f"{row['lon']:.4f}",
+            row["name"] or "-",
+        )
+    return table
+
+
+def _geojson(predictor: Predictor, results: list[tuple[str, Prediction]]) -> dict:
+    """Each image's top-k cells as polygons with their probability, plus its best-guess point."""
+    from geovit.serve import cells_geojson
+
+    features = []
+    for path, pred in results:
+        top = pred.to_dict()
+        props = [{"image": path, "kind": "cell", **cell} for cell in top["top_k"]]
+        features += cells_geojson(predictor.cells, pred.indices, props)["features"]
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [pred.best_lon, pred.best_lat]},
+                "properties": {
+                    "image": path,
+                    "kind": "best_guess",
+                    "name": pred.names[0],
+                    "token": pred.tokens[0],
+                    "probability": float(pred.probs[0]),
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+@app.command()
+@friendly
+def predict(
+    images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    checkpoint: Path = CHECKPOINT,
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Cells to list per image."),
+    output: str = typer.Option("table", "--format", "-f", help="table, json or geojson."),
+) -> None:
+    """Where was each photo taken? Top-k cells with probabilities and a best-guess point."""
+    from geovit.predictor import Predictor, expand_images, predict_files
+
+    if output not in FORMATS:
+        raise GeovitError(f"--format {output!r} is not one of {', '.join(FORMATS)}")
+    paths, problems = expand_images(images)
+    if not paths and problems:
+        raise GeovitError(f"no images to predict: {problems[0][0]}: {problems[0][1]}")
+    predictor = Predictor.from_checkpoint(checkpoint)
+    results = predict_files(predictor, paths, top_k=top_k)
+    failed = problems + [(p, r) for p, r in results if isinstance(r, str)]
+    good = [(p, r) for p, r in results if not isinstance(r, str)]
+    for path, reason in failed:
+        err_console.print(f"[bold red]error:[/] {path}: {reason}", highlight=False, soft_wrap=True)
+    if output == "table":
+        for path, pred in good:
+            console.print(_prediction_table(path, pred))
+    elif output == "json":
+        body = [{"image": p, **r.to_dict()} for p, r in good] + [
+            {"image": p, "error": e} for p, e in failed
+        ]
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+    else:
+        sys.stdout.write(json.dumps(_geojson(predictor, good)) + "\n")
+    if failed:
+        raise typer.Exit(1)

@@ -1,3 +1,174 @@
-"""CLI commands: explain."""
+"""CLI commands: `geovit explain` (occlusion heatmap), `geovit map` (probability map) and
+`geovit report` (one self-contained HTML page)."""
 
-from geovit.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from geovit.cli._app import app
+from geovit.cli._common import console, err_console, friendly
+from geovit.errors import GeovitError
+
+CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help="model.pt, best.ckpt or last.ckpt.")
+IMAGE = typer.Argument(..., help="A photo (JPEG/PNG path).")
+LAT = typer.Option(None, help="True latitude of the photo (degrees).")
+LON = typer.Option(None, help="True longitude of the photo (degrees).")
+PATCH = typer.Option(32, help="Occluding patch size in model-input pixels.")
+STRIDE = typer.Option(8, help="Step between patch positions (pixels).")
+FILL = typer.Option("mean", help="Patch colour: 'mean' (dataset mean) or R,G,B in 0-255.")
+FAST = typer.Option(False, "--fast", help="bf16 autocast + channels_last (about 2x faster).")
+BASEMAP = typer.Option(
+    None, "--basemap", help="Folder of Natural Earth shapefiles for finer boundaries (needs pyshp)."
+)
+
+
+def _location(lat: float | None, lon: float | None) -> None:
+    if (lat is None) != (lon is None):
+        raise GeovitError("give both --lat and --lon (or neither)")
+
+
+@app.command()
+@friendly
+def explain(
+    image: Path = IMAGE,
+    checkpoint: Path = CHECKPOINT,
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the heatmap PNG."),
+    target: str = typer.Option(
+        None,
+        help="Cell to explain: 'true' (needs --lat/--lon) or 'top'. Default: true if a "
+        "location is given, else top.",
+    ),
+    lat: float = LAT,
+    lon: float = LON,
+    patch: int = PATCH,
+    stride: int = STRIDE,
+    fill: str = FILL,
+    fast: bool = FAST,
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Occluded copies per forward."),
+) -> None:
+    """Occlusion heatmap: which parts of the photo the target cell's probability depends on."""
+    from geovit.explain import explain_image, render_explanation
+    from geovit.predictor import Predictor
+
+    _location(lat, lon)
+    if target not in (None, "true", "top"):
+        raise GeovitError(f"--target {target!r} must be 'true' or 'top'")
+    predictor = Predictor.from_checkpoint(checkpoint)
+    expl = explain_image(
+        predictor,
+        image,
+        lat=lat,
+        lon=lon,
+        target=target,
+        patch=patch,
+        stride=stride,
+        fill=fill,
+        batch_size=batch_size,
+        fast=fast,
+    )
+    png = out / f"{image.stem}_occlusion.png"
+    render_explanation(expl, png)
+    console.print(
+        f"{expl.target_kind} cell {expl.token} {expl.name} p={expl.prob:.4f} "
+        f"(top-1 {predictor.cells.tokens[expl.top]} p={expl.top_prob:.4f}); wrote {png}",
+        highlight=False,
+    )
+
+
+@app.command("map")
+@friendly
+def map_command(
+    image: Path = IMAGE,
+    checkpoint: Path = CHECKPOINT,
+    out: Path = typer.Option(..., "--out", "-o", help="PNG path of the map (e.g. map.png)."),
+    html: Path = typer.Option(None, "--html", help="Interactive HTML map (default: OUT.html)."),
+    lat: float = LAT,
+    lon: float = LON,
+    top_k: int = typer.Option(5, "--top-k", "-k", help="Cells outlined and labelled."),
+    log: bool = typer.Option(False, "--log", help="Logarithmic colour scale."),
+    basemap: Path = BASEMAP,
+) -> None:
+    """Probability map: the model's softmax over all cells, top cells labelled, truth in red."""
+    from geovit.maps import map_image
+    from geovit.predictor import Predictor
+
+    _location(lat, lon)
+    if top_k < 0:
+        raise GeovitError(f"--top-k {top_k} must be >= 0")
+    predictor = Predictor.from_checkpoint(checkpoint)
+    html_path = html or out.with_suffix(".html")
+    cmap = map_image(
+        predictor,
+        image,
+        lat=lat,
+        lon=lon,
+        top_k=top_k,
+        log=log,
+        png=out,
+        html_path=html_path,
+        title=f"{image.name}: probability over {len(predictor.cells)} cells",
+        basemap_dir=basemap,
+    )
+    cells = predictor.cells
+    for rank, i in enumerate(cmap.top, start=1):
+        console.print(
+            f"{rank}. {cells.tokens[i]} {cells.names[i]} p={cmap.probs[i]:.4f}", highlight=False
+        )
+    console.print(f"wrote {out} and {html_path}", highlight=False)
+
+
+@app.command()
+@friendly
+def report(
+    checkpoint: Path = CHECKPOINT,
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or table."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.html."),
+    split: str = typer.Option("test", help="Split to report on."),
+    metrics: Path = typer.Option(
+        None, "--metrics", help="metrics.json of an earlier `geovit evaluate` (skips that pass)."
+    ),
+    examples: int = typer.Option(2, "--examples", help="Gallery images per kind."),
+    fmt: str = typer.Option("auto", "--format", help="Dataset layout (auto-detected by default)."),
+    patch: int = PATCH,
+    stride: int = STRIDE,
+    fill: str = FILL,
+    fast: bool = FAST,
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
+) -> None:
+    """One self-contained HTML page: metrics, reliability, accuracy map and an example gallery."""
+    from geovit.data.manifest import load_manifest
+    from geovit.explain import parse_fill
+    from geovit.predictor import Predictor
+    from geovit.report import build_report
+
+    if examples < 0:
+        raise GeovitError(f"--examples {examples} must be >= 0")
+    given = None
+    if metrics is not None:
+        try:
+            given = json.loads(metrics.read_text())
+        except (OSError, ValueError) as exc:
+            raise GeovitError(f"--metrics {metrics}: cannot read it as JSON ({exc})") from exc
+    predictor = Predictor.from_checkpoint(checkpoint)
+    parse_fill(fill, predictor.mean, predictor.std)  # fail before the long passes
+    manifest, problems = load_manifest(data, fmt=fmt)
+    for line in problems.lines():
+        err_console.print(line, highlight=False)
+    page = build_report(
+        predictor,
+        manifest,
+        out,
+        split=split,
+        metrics=given,
+        per_kind=examples,
+        batch_size=batch_size,
+        title=f"GeoViT report: {checkpoint.name} on {data.name} ({split})",
+        patch=patch,
+        stride=stride,
+        fill=fill,
+        fast=fast,
+    )
+    console.print(f"wrote {page}", highlight=False)

@@ -1,3 +1,77 @@
-"""CLI commands: serve."""
+"""CLI commands: serve (HTTP API + web page) and export (ONNX)."""
 
-from geovit.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from geovit.cli._app import app
+from geovit.cli._common import console, err_console, friendly
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@app.command()
+@friendly
+def serve(
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", help="checkpoint (.pt / .ckpt) or exported model.onnx"
+    ),
+    host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0 exposes it)"),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port"),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="cells returned per prediction"),
+    max_mb: float = typer.Option(20.0, "--max-mb", min=0.001, help="largest upload, megabytes"),
+    max_megapixels: float = typer.Option(
+        40.0, "--max-megapixels", min=0.001, help="largest image, megapixels (decompression bombs)"
+    ),
+) -> None:
+    """Serve the web page (/) and the HTTP API (/predict, /explain, /cells, /health, /docs)."""
+    from geovit.export import load_predictor
+    from geovit.serve import create_app, run
+
+    predictor = load_predictor(checkpoint)
+    web_app = create_app(
+        predictor,
+        max_bytes=int(max_mb * 1e6),
+        max_pixels=int(max_megapixels * 1e6),
+        top_k=top_k,
+    )
+    if not _is_loopback(host):
+        err_console.print(
+            f"[yellow]warning:[/] binding {host}: anyone who can reach this machine can use the "
+            "model; there is no authentication"
+        )
+    console.print(
+        f"geovit: {len(predictor.cells)} cells from {checkpoint}; open http://{host}:{port}/ "
+        "(API docs at /docs; that page loads Swagger UI from a CDN, the main page is offline)"
+    )
+    run(web_app, host=host, port=port)
+
+
+@app.command()
+@friendly
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="checkpoint (.pt / .ckpt)"),
+    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="export format (onnx)"),
+    out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="file to write"),
+    opset: int | None = typer.Option(None, help="ONNX opset (default: the exporter's)"),
+) -> None:
+    """Export the classifier to ONNX (dynamic batch) plus a JSON sidecar with cells and
+    preprocessing; `geovit predict --onnx` and `geovit serve` run it with onnxruntime."""
+    from geovit.export import export_onnx, sidecar_path
+
+    path = export_onnx(checkpoint, out, opset=opset)
+    size_mb = path.stat().st_size / 1e6
+    console.print(f"wrote {path} ({size_mb:.1f} MB) and {sidecar_path(path)}")

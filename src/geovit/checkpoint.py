@@ -1,0 +1,185 @@
+"""One self-contained file per trained model: weights, cells, config and normalization.
+
+A checkpoint is a ``torch.save``'d dict of tensors, lists, dicts, str, int and float only, so it
+loads with ``torch.load(weights_only=True)`` (no pickled code runs when a user opens a file from
+somewhere else). Lightning's ``best.ckpt``/``last.ckpt`` written by ``geovit train`` carry the
+same keys (their ``state_dict`` is the LightningModule's, so its keys start with
+``state_dict_prefix``), which makes them valid checkpoints too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from geovit import __version__
+from geovit.cells import CellPartition
+from geovit.errors import GeovitError
+from geovit.model import GeoViT, ModelConfig
+
+CONTRACT_KEYS = (
+    "state_dict",
+    "model_config",
+    "cells",
+    "mean",
+    "std",
+    "image_size",
+    "temperature",
+    "train",
+    "geovit_version",
+)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint opened for use: the model is built, loaded and in eval mode."""
+
+    model: GeoViT
+    cells: CellPartition
+    config: ModelConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    temperature: float = 1.0
+    train: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+def cells_to_dict(cells: CellPartition) -> dict[str, list]:
+    """The cell table as plain lists (weights_only-loadable)."""
+    return {col: values.tolist() for col, values in cells.to_frame().items()}
+
+
+def contract_fields(
+    model: GeoViT, cells: CellPartition, *, train: dict | None = None, temperature: float = 1.0
+) -> dict:
+    """Every contract key except ``state_dict``: what a Lightning checkpoint adds to its own."""
+    if len(cells) != model.config.num_classes:
+        raise GeovitError(
+            f"model predicts {model.config.num_classes} classes but the cell table has "
+            f"{len(cells)}: train with the cells file the model was built for"
+        )
+    mean, std = model.normalization
+    return {
+        "model_config": model.config.to_dict(),
+        "cells": cells_to_dict(cells),
+        "mean": list(mean),
+        "std": list(std),
+        "image_size": int(model.config.image_size),
+        "temperature": float(temperature),
+        "train": dict(train or {}),
+        "geovit_version": __version__,
+    }
+
+
+def _atomic_save(obj: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    source: GeoViT | LoadedCheckpoint,
+    cells: CellPartition | None = None,
+    *,
+    train: dict | None = None,
+    temperature: float | None = None,
+) -> Path:
+    """Write a plain checkpoint atomically, from a model + cells or from a LoadedCheckpoint.
+
+    With a LoadedCheckpoint, its cells, train info and temperature are kept unless overridden.
+    """
+    if isinstance(source, LoadedCheckpoint):
+        model = source.model
+        cells = source.cells if cells is None else cells
+        train = source.train if train is None else train
+        temperature = source.temperature if temperature is None else temperature
+    else:
+        model = source
+    if cells is None:
+        raise GeovitError("save_checkpoint needs the cell partition the model was trained on")
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **contract_fields(
+            model, cells, train=train, temperature=1.0 if temperature is None else temperature
+        ),
+    }
+    return _atomic_save(payload, Path(path))
+
+
+def _read(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise GeovitError(f"checkpoint {path} does not exist; train one with `geovit train`")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise GeovitError(
+            f"checkpoint {path} is not a loadable geovit checkpoint ({type(exc).__name__}); "
+            "pass model.pt, best.ckpt or last.ckpt from a `geovit train` run"
+        ) from exc
+    missing = [k for k in CONTRACT_KEYS if not isinstance(raw, dict) or k not in raw]
+    if missing:
+        raise GeovitError(
+            f"checkpoint {path} is not a geovit checkpoint (missing {', '.join(missing)}); "
+            "pass model.pt, best.ckpt or last.ckpt from a `geovit train` run"
+        )
+    return raw
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+    """Open a geovit checkpoint (plain or Lightning .ckpt) on the CPU, model in eval mode."""
+    raw = _read(path)
+    # the weights come from the file: never download or read the original backbone weights
+    config = dataclasses.replace(
+        ModelConfig.from_dict(raw["model_config"]),
+        pretrained=False,
+        cnn_weights=None,
+        vit_weights=None,
+    )
+    cells = CellPartition.from_frame(pd.DataFrame(raw["cells"]))
+    model = GeoViT(config)
+    prefix = raw.get("state_dict_prefix", "")
+    state = {k[len(prefix) :]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise GeovitError(
+            f"checkpoint {path} weights do not fit its model config ({str(exc).splitlines()[0]}); "
+            "the file is damaged or was edited"
+        ) from exc
+    model.eval()
+    return LoadedCheckpoint(
+        model=model,
+        cells=cells,
+        config=config,
+        mean=tuple(float(v) for v in raw["mean"]),
+        std=tuple(float(v) for v in raw["std"]),
+        image_size=int(raw["image_size"]),
+        temperature=float(raw["temperature"]),
+        train=dict(raw["train"]),
+        raw=raw,
+    )
+
+
+def set_temperature(path: str | os.PathLike, temperature: float) -> None:
+    """Store a fitted softmax temperature in a checkpoint file, rewriting it atomically."""
+    if not temperature > 0:
+        raise GeovitError(f"temperature {temperature} must be > 0")
+    raw = _read(path)
+    raw["temperature"] = float(temperature)
+    _atomic_save(raw, Path(path))

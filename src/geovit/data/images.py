@@ -1,0 +1,176 @@
+"""Images to model inputs: read (files or zip members), decode, geolocation-safe augmentation.
+
+Decoding uses torchvision's libjpeg-turbo decoder and resizing runs on uint8 tensors, which
+together beat a Pillow pipeline (bench/decode.py); Pillow is the fallback for formats
+torchvision cannot read. Augmentation never flips
+horizontally by default: a mirrored street drives on the other side of the road.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode
+from torchvision.io import decode_image as tv_decode_image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from geovit.data.manifest import read_image_bytes
+from geovit.errors import GeovitError
+
+__all__ = [
+    "ImageDataset",
+    "build_transform",
+    "collate_skip_bad",
+    "decode_image",
+    "load_image",
+    "read_image_bytes",
+]
+
+log = logging.getLogger(__name__)
+
+TRAIN_SCALE = (0.6, 1.0)
+TRAIN_RELATIVE_RATIO = (0.8, 1.25)
+# No hue jitter: hue (soil, vegetation, road paint) is itself a location cue, and on tensors
+# it costs ~4 ms per 224 px image, three quarters of the training transform's time.
+JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2}
+
+
+def decode_image(data: bytes) -> torch.Tensor:
+    """Encoded image bytes -> uint8 (3, H, W) RGB, EXIF orientation applied.
+
+    Grayscale, RGBA and CMYK inputs are converted to RGB. Raises GeovitError when neither
+    torchvision nor Pillow can decode the bytes.
+    """
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        return tv_decode_image(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError:
+        pass  # a format torchvision lacks (BMP, TIFF, ...) or a damaged file: ask Pillow
+    try:
+        return pil_to_uint8(Image.open(io.BytesIO(data)))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise GeovitError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """A PIL image (any mode) -> uint8 (3, H, W) RGB with EXIF orientation applied."""
+    img = ImageOps.exif_transpose(img)
+    return TF.pil_to_tensor(img.convert("RGB"))
+
+
+def load_image(src: Image.Image | str | os.PathLike | bytes) -> torch.Tensor:
+    """A PIL image, a path / "ARCHIVE.zip::member" reference, or encoded bytes -> uint8 (3,H,W)."""
+    if isinstance(src, Image.Image):
+        return pil_to_uint8(src)
+    if isinstance(src, bytes | bytearray):
+        return decode_image(bytes(src))
+    return decode_image(read_image_bytes(str(src)))
+
+
+class AspectRandomResizedCrop:
+    """RandomResizedCrop whose aspect range is relative to each image's own aspect.
+
+    Evaluation squashes the whole (e.g. 3:2) image into S x S, so training crops must keep
+    about the source aspect to see objects distorted the same way; torchvision's fixed
+    absolute `ratio` cannot express that for datasets with mixed image shapes.
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float], relative_ratio: tuple[float, float]):
+        self.size = [size, size]
+        self.scale = scale
+        self.log_ratio = (math.log(relative_ratio[0]), math.log(relative_ratio[1]))
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, h, w) of a random crop; the whole image if 10 draws do not fit."""
+        for _ in range(10):
+            area = torch.empty(1).uniform_(*self.scale).item()
+            ratio = math.exp(torch.empty(1).uniform_(*self.log_ratio).item())
+            w = round(width * math.sqrt(area * ratio))
+            h = round(height * math.sqrt(area / ratio))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,)).item())
+                left = int(torch.randint(0, width - w + 1, (1,)).item())
+                return top, left, h, w
+        return 0, 0, height, width
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = self.crop_box(*img.shape[-2:])
+        return TF.resized_crop(img, top, left, h, w, self.size, antialias=True)
+
+
+def build_transform(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    hflip: bool = False,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (3, H, W) -> normalized float (3, S, S).
+
+    Eval resizes the whole image to S x S (the design squashes 3:2 to a square). Train takes a
+    random crop of 60-100% of the area at about the image's own aspect, then mild brightness,
+    contrast and saturation jitter (jitter runs on floats after the crop: ~2.5x faster);
+    horizontal flips only when `hflip` (they swap the side of the road traffic drives on).
+    """
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    if train:
+        crop = AspectRandomResizedCrop(image_size, TRAIN_SCALE, TRAIN_RELATIVE_RATIO)
+        steps: list[Callable] = [crop, to_float, v2.ColorJitter(**JITTER)]
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip())
+    else:
+        steps = [v2.Resize((image_size, image_size), antialias=True), to_float]
+    steps.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(steps)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Manifest images as model inputs; a missing or corrupt image yields None (and a warning).
+
+    Pair with `collate_skip_bad` so one bad file costs one sample, never an epoch.
+    """
+
+    def __init__(
+        self,
+        refs: Sequence[str],
+        labels: np.ndarray | None,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        if labels is not None and len(labels) != len(refs):
+            raise GeovitError(f"{len(refs)} images but {len(labels)} labels")
+        self.refs = np.asarray(refs, dtype=object)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> dict | None:
+        ref = self.refs[index]
+        try:
+            image = decode_image(read_image_bytes(ref))
+        except GeovitError as exc:
+            log.warning("skipping image %s: %s", ref, exc)
+            return None
+        label = -1 if self.labels is None else int(self.labels[index])
+        return {"image": self.transform(image), "label": label, "index": int(index)}
+
+
+def collate_skip_bad(batch: Sequence[dict | None]) -> dict:
+    """Stack the good samples; `n_bad` counts the dropped ones (the batch may end up empty)."""
+    good = [b for b in batch if b is not None]
+    images = torch.stack([b["image"] for b in good]) if good else torch.empty((0, 3, 0, 0))
+    return {
+        "image": images,
+        "label": torch.tensor([b["label"] for b in good], dtype=torch.int64),
+        "index": torch.tensor([b["index"] for b in good], dtype=torch.int64),
+        "n_bad": len(batch) - len(good),
+    }

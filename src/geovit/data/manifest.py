@@ -1,0 +1,597 @@
+"""Read a geotagged image collection into one validated table: the manifest.
+
+Every later stage (cells, training, evaluation) consumes the same columns whatever the source
+layout was, so layout quirks stay here. Bad records are dropped but always counted by reason in
+a `ManifestReport`, and the validation split is carved so near-duplicate frames (one drive, one
+street block) never sit on both sides of it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from geovit.errors import GeovitError
+
+COLUMNS = ("id", "image", "latitude", "longitude", "split")
+METADATA_COLUMNS = (
+    "country",
+    "region",
+    "sub-region",
+    "city",
+    "sequence",
+    "unique_country",
+    "unique_region",
+    "unique_sub-region",
+    "unique_city",
+)
+SPLITS = ("train", "val", "test")
+FORMATS = ("auto", "osv5m", "osv-mini", "table", "exif")
+VAL_SPLITS = ("random", "sequence", "spatial")
+ZIP_SEP = "::"
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+KM_PER_DEGREE = 6371.0 * np.pi / 180.0
+
+IMAGE_ALIASES = ("image", "image_path", "path", "filepath", "file", "filename", "img")
+LAT_ALIASES = ("latitude", "lat")
+LON_ALIASES = ("longitude", "lon", "lng", "long")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+REASONS = {
+    "missing_id": "no id",
+    "nan_coordinates": "missing or non-numeric latitude/longitude",
+    "out_of_range": "latitude outside [-90, 90] or longitude outside [-180, 180]",
+    "duplicate_id": "id seen before (first kept)",
+    "unknown_split": "split value not train/val/test",
+    "no_gps": "JPEG without EXIF GPS position",
+    "missing_image": "image file or archive member not found",
+    "unreadable_image": "image cannot be decoded",
+}
+IMAGE_REASONS = ("missing_image", "unreadable_image")  # examples show the image, not the id
+N_EXAMPLES = 5
+
+
+@dataclass
+class ManifestReport:
+    """What happened while reading a collection: counts of dropped records by reason."""
+
+    source: str
+    fmt: str
+    n_read: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    splits: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_kept(self) -> int:
+        return sum(self.splits.values())
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def add(self, reason: str, count: int, examples: Iterable[str]) -> None:
+        """Count `count` dropped records under `reason` (one of REASONS)."""
+        if count <= 0:
+            return
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+        kept = self.examples.setdefault(reason, [])
+        kept.extend(list(examples)[: N_EXAMPLES - len(kept)])
+
+    def drop(self, df: pd.DataFrame, bad: np.ndarray | pd.Series, reason: str) -> pd.DataFrame:
+        """Remove the rows flagged `bad` from `df`, counting them under `reason`."""
+        bad = np.asarray(bad, dtype=bool)
+        if bad.any():
+            rows = df.loc[bad].head(N_EXAMPLES)
+            first, other = ("image", "id") if reason in IMAGE_REASONS else ("id", "image")
+            shown = rows[first].fillna(rows[other]).fillna("?")
+            self.add(reason, int(bad.sum()), [str(x) for x in shown])
+        return df.loc[~bad]
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one statement per line (for the CLI and logs)."""
+        split_text = ", ".join(f"{s} {self.splits.get(s, 0)}" for s in SPLITS)
+        out = [
+            f"manifest {self.source} (format {self.fmt})",
+            f"read {self.n_read} records, kept {self.n_kept} ({split_text}), "
+            f"dropped {self.n_dropped}",
+        ]
+        for reason, count in self.dropped.items():
+            shown = ", ".join(self.examples.get(reason, []))
+            out.append(f"dropped {count} {reason} ({REASONS[reason]}), e.g. {shown}")
+        out += [f"note: {note}" for note in self.notes]
+        return out
+
+
+# --------------------------------------------------------------------------- image references
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """("ARCHIVE.zip", "member") for a zip reference, (path, None) for a plain file."""
+    archive, sep, member = ref.partition(ZIP_SEP)
+    return (archive, member) if sep else (ref, None)
+
+
+_ZIPS: dict[str, zipfile.ZipFile] = {}
+_ZIPS_PID = os.getpid()
+
+
+def open_zip(path: str) -> zipfile.ZipFile:
+    """One cached handle per archive and process.
+
+    A handle inherited through fork shares its file offset with the parent, so concurrent
+    DataLoader workers would read each other's bytes: the cache is dropped in a new process.
+    """
+    global _ZIPS_PID
+    if os.getpid() != _ZIPS_PID:
+        for inherited in _ZIPS.values():
+            inherited.close()  # closes only this process's copy of the descriptor
+        _ZIPS.clear()
+        _ZIPS_PID = os.getpid()
+    handle = _ZIPS.get(path)
+    if handle is None:
+        try:
+            handle = _ZIPS[path] = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise GeovitError(f"cannot open archive {path}: {exc}; re-download it") from exc
+    return handle
+
+
+def read_image_bytes(ref: str) -> bytes:
+    """The encoded bytes of an image given as a path or "ARCHIVE.zip::member"."""
+    path, member = split_ref(ref)
+    try:
+        return open_zip(path).read(member) if member is not None else Path(path).read_bytes()
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise GeovitError(f"cannot read image {ref}: {exc}") from exc
+
+
+def _image_exists(ref: str, members: dict[str, set[str]]) -> bool:
+    path, member = split_ref(ref)
+    if member is None:
+        return os.path.isfile(path)
+    if path not in members:
+        try:
+            members[path] = set(open_zip(path).namelist())
+        except GeovitError:
+            members[path] = set()
+    return member in members[path]
+
+
+def _image_readable(ref: str) -> bool:
+    """Decode at reduced JPEG scale (draft mode): catches truncated files at ~1/10 the cost."""
+    try:
+        with Image.open(io.BytesIO(read_image_bytes(ref))) as im:
+            im.draft("RGB", (64, 64))
+            im.load()
+    except (GeovitError, OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------- readers
+
+
+def _walk_sorted(folder: Path) -> Iterable[tuple[str, list[str]]]:
+    """(dirpath, sorted file names) depth-first in sorted order, so indexes are reproducible."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        yield dirpath, sorted(filenames)
+
+
+def index_images(folder: Path, report: ManifestReport) -> dict[str, str]:
+    """Map image stem (the dataset id) -> reference, for extracted JPEGs and JPEGs inside zips.
+
+    Zips are indexed from their central directory only (no extraction). Extracted files win
+    over archive members of the same id because they are cheaper to read.
+    """
+    index: dict[str, str] = {}
+    archives: list[str] = []
+    for dirpath, names in _walk_sorted(folder):
+        for name in names:
+            lower = name.lower()
+            if lower.endswith(JPEG_SUFFIXES):
+                index.setdefault(name.rsplit(".", 1)[0], os.path.join(dirpath, name))
+            elif lower.endswith(".zip"):
+                archives.append(os.path.join(dirpath, name))
+    for archive in archives:
+        try:
+            members = open_zip(archive).namelist()
+        except GeovitError:
+            report.notes.append(
+                f"unreadable archive {archive} skipped: its images count as missing"
+            )
+            continue
+        for member in members:
+            if member.lower().endswith(JPEG_SUFFIXES):
+                stem = member.rpartition("/")[2].rpartition(".")[0]
+                index.setdefault(stem, f"{archive}{ZIP_SEP}{member}")
+    return index
+
+
+def _read_csv_columns(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    """Required + known metadata columns, all as strings (OSV ids overflow float64)."""
+    header = pd.read_csv(path, nrows=0).columns
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise GeovitError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(required)}"
+        )
+    usecols = list(required) + [c for c in METADATA_COLUMNS if c in header]
+    return pd.read_csv(path, usecols=usecols, dtype=str, engine="pyarrow")
+
+
+def _read_split_tables(
+    root: Path, parts: tuple[tuple[str, str, str], ...], report: ManifestReport
+) -> pd.DataFrame:
+    """Shared reader for OSV-5M and OSV-Mini: one CSV and one image folder per split."""
+    frames = []
+    for split, csv_name, image_dir in parts:
+        csv = root / csv_name
+        if not csv.is_file():
+            continue
+        df = _read_csv_columns(csv, ("id", "latitude", "longitude"))
+        index = index_images(root / image_dir, report)
+        if not index:
+            report.notes.append(f"no images found under {root / image_dir}")
+        df["image"] = df["id"].map(index)
+        df["split"] = split
+        frames.append(df)
+    if not frames:
+        names = " or ".join(csv for _, csv, _ in parts)
+        raise GeovitError(f"{root}: neither {names} found")
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_osv5m(root: Path, report: ManifestReport) -> pd.DataFrame:
+    """OpenStreetView-5M: train.csv/test.csv + images/{train,test}/ (files or zip archives)."""
+    parts = (("train", "train.csv", "images/train"), ("test", "test.csv", "images/test"))
+    return _read_split_tables(root, parts, report)
+
+
+def _mini_root(folder: Path) -> Path | None:
+    for root in (folder / "osv5m", folder):
+        if (root / "train_mini.csv").is_file() or (root / "test_mini.csv").is_file():
+            return root
+    return None
+
+
+def read_osv_mini(folder: Path, report: ManifestReport) -> pd.DataFrame:
+    """OSV-Mini-129k: osv5m/{train,test}_mini.csv + {train,test}_images/<state>/<id>.jpg."""
+    root = _mini_root(folder)
+    if root is None:
+        raise GeovitError(f"{folder}: no osv5m/train_mini.csv or test_mini.csv found")
+    parts = (("train", "train_mini.csv", "train_images"), ("test", "test_mini.csv", "test_images"))
+    return _read_split_tables(root, parts, report)
+
+
+def _pick_column(columns: pd.Index, given: str | None, aliases: tuple[str, ...], what: str) -> str:
+    if given is not None:
+        if given not in columns:
+            raise GeovitError(f"column {given!r} ({what}) not in table; columns: {list(columns)}")
+        return given
+    lower = {str(c).lower(): c for c in columns}
+    for alias in aliases:
+        if alias in lower:
+            return lower[alias]
+    raise GeovitError(
+        f"no {what} column in table (looked for {', '.join(aliases)}); "
+        f"name it with the matching option. Columns: {list(columns)}"
+    )
+
+
+def _resolve_ref(ref: str, base: Path) -> str:
+    path, member = split_ref(ref)
+    full = path if os.path.isabs(path) else str(base / path)
+    return full if member is None else f"{full}{ZIP_SEP}{member}"
+
+
+def read_table(
+    path: Path,
+    report: ManifestReport,
+    image_col: str | None = None,
+    lat_col: str | None = None,
+    lon_col: str | None = None,
+) -> pd.DataFrame:
+    """A CSV/Parquet with image path and lat/lon columns; relative paths are table-relative."""
+    if path.suffix.lower() == ".csv":
+        raw = pd.read_csv(path, dtype=str, engine="pyarrow")
+    else:
+        try:
+            raw = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise GeovitError(f"cannot read {path} as Parquet: {exc}") from exc
+    image = _pick_column(raw.columns, image_col, IMAGE_ALIASES, "image path")
+    lat = _pick_column(raw.columns, lat_col, LAT_ALIASES, "latitude")
+    lon = _pick_column(raw.columns, lon_col, LON_ALIASES, "longitude")
+    refs = [None if pd.isna(r) else _resolve_ref(str(r), path.parent) for r in raw[image]]
+    df = pd.DataFrame(
+        {
+            "id": _as_str(raw["id"]) if "id" in raw.columns else raw[image].astype("str"),
+            "image": pd.Series(refs, dtype="str"),
+            "latitude": raw[lat],
+            "longitude": raw[lon],
+        }
+    )
+    for col in METADATA_COLUMNS:
+        if col in raw.columns:
+            df[col] = _as_str(raw[col])
+    split_col = next((c for c in raw.columns if str(c).lower() == "split"), None)
+    if split_col is not None:
+        df["split"] = raw[split_col].astype("str").str.strip().str.lower().map(SPLIT_ALIASES)
+        unknown = df["split"].isna().to_numpy()
+        report.n_read += int(unknown.sum())
+        df = report.drop(df, unknown, "unknown_split")
+    return df
+
+
+def _as_str(col: pd.Series) -> pd.Series:
+    """Strings, with integral floats printed as ints (a Parquet int column with NaN turns float)."""
+    if pd.api.types.is_float_dtype(col):
+        integral = col.notna() & (col == np.round(col))
+        text = col.astype("str")
+        text[integral] = col[integral].astype("int64").astype("str")
+        return text
+    return col.astype("str")
+
+
+def _dms_to_degrees(value: object, ref: object, negative: str) -> float:
+    """EXIF GPS (degrees, minutes, seconds) rationals + hemisphere ref -> signed degrees."""
+    parts = value if isinstance(value, tuple | list) else (value,)
+    degrees = sum(float(p) / 60.0**i for i, p in enumerate(parts))
+    if isinstance(ref, bytes):
+        ref = ref.decode("ascii", "replace")
+    return -degrees if str(ref or "").strip().upper().startswith(negative) else degrees
+
+
+def exif_latlon(path: str) -> tuple[float, float] | None:
+    """(lat, lon) from a JPEG's EXIF GPS tags; None without them, OSError when unreadable."""
+    with Image.open(path) as im:
+        gps = im.getexif().get_ifd(0x8825)
+    if 2 not in gps or 4 not in gps:
+        return None
+    return _dms_to_degrees(gps[2], gps.get(1), "S"), _dms_to_degrees(gps[4], gps.get(3), "W")
+
+
+def read_exif_folder(folder: Path, report: ManifestReport) -> pd.DataFrame:
+    """A folder (recursively) of JPEGs carrying GPS EXIF tags; id = path relative to the folder."""
+    rows, no_gps, unreadable = [], [], []
+    for dirpath, names in _walk_sorted(folder):
+        for name in names:
+            if not name.lower().endswith(JPEG_SUFFIXES):
+                continue
+            path = os.path.join(dirpath, name)
+            rel = Path(path).relative_to(folder).as_posix()
+            try:
+                latlon = exif_latlon(path)
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+                unreadable.append(rel)
+                continue
+            if latlon is None:
+                no_gps.append(rel)
+            else:
+                rows.append((rel, path, *latlon))
+    report.n_read += len(no_gps) + len(unreadable)
+    report.add("no_gps", len(no_gps), no_gps)
+    report.add("unreadable_image", len(unreadable), unreadable)
+    return pd.DataFrame(rows, columns=["id", "image", "latitude", "longitude"]).astype(
+        {"id": "str", "image": "str"}
+    )
+
+
+def _has_jpeg(folder: Path) -> bool:
+    return any(
+        n.lower().endswith(JPEG_SUFFIXES) for _, names in _walk_sorted(folder) for n in names
+    )
+
+
+def detect_format(source: Path) -> str:
+    """Which reader fits `source` (see FORMATS)."""
+    if source.is_file():
+        if source.suffix.lower() in TABLE_SUFFIXES:
+            return "table"
+        raise GeovitError(f"{source}: not a .csv/.parquet table; pass a table or a dataset folder")
+    if not source.is_dir():
+        raise GeovitError(f"{source}: no such file or folder")
+    if (source / "train.csv").is_file() or (source / "test.csv").is_file():
+        return "osv5m"
+    if _mini_root(source) is not None:
+        return "osv-mini"
+    if _has_jpeg(source):
+        return "exif"
+    raise GeovitError(
+        f"{source}: not a recognised dataset (expected train.csv/test.csv, "
+        "osv5m/train_mini.csv, a .csv/.parquet table or a folder of geotagged JPEGs)"
+    )
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def validate(
+    df: pd.DataFrame, report: ManifestReport, *, check_paths: bool, check_images: bool
+) -> pd.DataFrame:
+    """Drop bad rows, counting each under the first reason it fails (order of REASONS)."""
+    df = report.drop(df, df["id"].isna() | (df["id"].str.len() == 0), "missing_id")
+    lat = pd.to_numeric(df["latitude"], errors="coerce").to_numpy(np.float64)
+    lon = pd.to_numeric(df["longitude"], errors="coerce").to_numpy(np.float64)
+    df = df.assign(latitude=lat, longitude=lon)
+    df = report.drop(df, np.isnan(lat) | np.isnan(lon), "nan_coordinates")
+    lat, lon = df["latitude"].to_numpy(), df["longitude"].to_numpy()
+    df = report.drop(df, (np.abs(lat) > 90) | (np.abs(lon) > 180), "out_of_range")
+    df = report.drop(df, df["id"].duplicated(keep="first"), "duplicate_id")
+    missing = df["image"].isna().to_numpy().copy()
+    if check_paths:
+        members: dict[str, set[str]] = {}
+        missing |= np.array(
+            [not _image_exists(r, members) if isinstance(r, str) else True for r in df["image"]],
+            dtype=bool,
+        )
+    df = report.drop(df, missing, "missing_image")
+    if check_images and len(df):
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            readable = np.fromiter(pool.map(_image_readable, df["image"]), bool, len(df))
+        df = report.drop(df, ~readable, "unreadable_image")
+    return df
+
+
+# ---------------------------------------------------------------------------------- splits
+
+
+def spatial_blocks(lat: np.ndarray, lon: np.ndarray, block_km: float) -> np.ndarray:
+    """Integer id of a ~block_km x block_km cell of a latitude-band grid.
+
+    Longitude cells widen toward the poles only as much as needed to stay ~block_km wide, so
+    blocks are close to equal-area; they serve to keep neighbouring photos together.
+    """
+    dlat = block_km / KM_PER_DEGREE
+    band = np.floor((np.asarray(lat) + 90.0) / dlat).astype(np.int64)
+    band_lat = np.clip(-90.0 + (band + 0.5) * dlat, -90.0, 90.0)
+    n_lon = np.maximum(1, np.floor(360.0 * np.cos(np.radians(band_lat)) / dlat)).astype(np.int64)
+    col = np.floor((np.asarray(lon) + 180.0) / 360.0 * n_lon).astype(np.int64) % n_lon
+    return band * (1 << 32) + col
+
+
+def _groups(
+    df: pd.DataFrame, val_split: str, block_km: float, report: ManifestReport
+) -> np.ndarray:
+    """Rows sharing a code must land on the same side of a split."""
+    if val_split == "sequence":
+        if "sequence" in df.columns and df["sequence"].notna().any():
+            codes, _ = pd.factorize(df["sequence"])
+            alone = codes < 0  # no sequence: a group of its own
+            codes[alone] = codes.max() + 1 + np.arange(alone.sum())
+            return codes
+        report.notes.append("no sequence column: split by spatial block instead")
+        val_split = "spatial"
+    if val_split == "spatial":
+        return spatial_blocks(df["latitude"].to_numpy(), df["longitude"].to_numpy(), block_km)
+    return np.arange(len(df))
+
+
+def pick_groups(codes: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask selecting whole groups, in random order, until ~fraction of rows is taken."""
+    uniq, inverse, sizes = np.unique(codes, return_inverse=True, return_counts=True)
+    order = rng.permutation(len(uniq))
+    cum = np.cumsum(sizes[order])
+    taken = np.zeros(len(uniq), dtype=bool)
+    taken[order[cum - sizes[order] / 2.0 < fraction * len(codes)]] = True
+    return taken[inverse]
+
+
+def assign_splits(
+    df: pd.DataFrame,
+    report: ManifestReport,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    val_split: str,
+    seed: int,
+    block_km: float,
+) -> pd.DataFrame:
+    """Keep the dataset's own split; carve val (and test when there is no split) by groups."""
+    rng = np.random.default_rng(seed)
+    if "split" in df.columns:
+        split = df["split"].to_numpy(dtype=object).copy()
+        codes = None
+    else:
+        codes = _groups(df, val_split, block_km, report)
+        split = np.full(len(df), "train", dtype=object)
+        split[pick_groups(codes, test_fraction, rng)] = "test"
+        report.notes.append(f"no split in the data: {test_fraction:.0%} held out as test")
+    train = split == "train"
+    if "val" in split:
+        report.notes.append("validation split taken from the data")
+    elif val_fraction > 0 and train.any():
+        if codes is None:
+            codes = _groups(df, val_split, block_km, report)
+        val = np.zeros(len(df), dtype=bool)
+        val[train] = pick_groups(codes[train], val_fraction, rng)
+        split[val] = "val"
+        if not val.any():
+            report.notes.append("too few groups to carve a validation split: val is empty")
+    if not (split == "train").any():
+        report.notes.append("no training records")
+    return df.assign(split=pd.Series(split, index=df.index, dtype="str"))
+
+
+# ------------------------------------------------------------------------------ entry point
+
+
+def load_manifest(
+    source: str | os.PathLike,
+    *,
+    fmt: str = "auto",
+    image_col: str | None = None,
+    lat_col: str | None = None,
+    lon_col: str | None = None,
+    val_fraction: float = 0.1,
+    val_split: str = "sequence",
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    block_km: float = 40.0,
+    check_images: bool = False,
+) -> tuple[pd.DataFrame, ManifestReport]:
+    """Read any supported collection into the manifest table (columns: COLUMNS + metadata).
+
+    Images are always checked to exist (cheaply, from a directory/zip index); with
+    `check_images` each is also decoded at reduced scale. `val_split` picks the grouping used
+    to carve validation (and test, for data without a split): "sequence" keeps a drive's frames
+    together, "spatial" keeps ~block_km blocks together, "random" is per image.
+    """
+    if fmt not in FORMATS:
+        raise GeovitError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if val_split not in VAL_SPLITS:
+        raise GeovitError(f"unknown val_split {val_split!r}; choose one of {', '.join(VAL_SPLITS)}")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise GeovitError(f"{name}={value} must be in [0, 1)")
+    path = Path(source).expanduser().resolve()
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt != "table" and not path.is_dir():
+        raise GeovitError(f"{path}: format {fmt} needs a dataset folder")
+    report = ManifestReport(source=str(path), fmt=fmt)
+    if fmt == "osv5m":
+        df = read_osv5m(path, report)
+    elif fmt == "osv-mini":
+        df = read_osv_mini(path, report)
+    elif fmt == "table":
+        df = read_table(path, report, image_col, lat_col, lon_col)
+    else:
+        df = read_exif_folder(path, report)
+    report.n_read += len(df)
+    df = validate(df, report, check_paths=fmt == "table", check_images=check_images)
+    if df.empty:
+        reasons = ", ".join(f"{r} {n}" for r, n in report.dropped.items()) or "no records"
+        raise GeovitError(f"{path}: no usable records ({report.n_read} read; dropped: {reasons})")
+    df = assign_splits(
+        df,
+        report,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        val_split=val_split,
+        seed=seed,
+        block_km=block_km,
+    )
+    report.splits = {s: int((df["split"] == s).sum()) for s in SPLITS}
+    meta = [c for c in METADATA_COLUMNS if c in df.columns]
+    return df[list(COLUMNS) + meta].reset_index(drop=True), report

@@ -1,0 +1,377 @@
+"""Evaluate a predictor on a manifest split, fit its temperature, and write the results.
+
+The split is streamed once through the DataLoader under ``torch.inference_mode``; every batch is
+reduced by :class:`geovit.metrics.GeoMetrics` at once, so memory does not grow with the number of
+classes x images (OSV-5M's test set x thousands of cells would be tens of GB of logits).
+Unreadable images are skipped by the loader and counted in the output, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geovit.calibration import TemperatureFit, fit_temperature
+from geovit.data.images import ImageDataset, collate_skip_bad
+from geovit.errors import GeovitError
+from geovit.metrics import PLACE_LEVELS, GeoMetrics, reverse_geocode
+from geovit.predictor import Predictor
+
+Progress = Callable[[int], None]
+
+
+def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The manifest rows of one split, in manifest order."""
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        have = ", ".join(f"{s} {n}" for s, n in manifest["split"].value_counts().items())
+        raise GeovitError(
+            f"the data has no {split!r} images (splits: {have or 'none'}); pick another --split"
+        )
+    return rows.reset_index(drop=True)
+
+
+def stream_logits(
+    predictor: Predictor,
+    rows: pd.DataFrame,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    scaled: bool = True,
+    progress: Progress | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Yield (row indices, logits (B,K) float32, unreadable images in the batch) per batch."""
+    dataset = ImageDataset(rows["image"].tolist(), None, predictor.transform)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skip_bad,
+        persistent_workers=False,
+    )
+    for batch in loader:
+        idx = batch["index"].numpy()
+        logits = predictor.logits(batch["image"], scaled=scaled).numpy() if len(idx) else None
+        if progress is not None:
+            progress(len(idx) + batch["n_bad"])
+        yield idx, logits, int(batch["n_bad"])
+
+
+def _true_places(rows: pd.DataFrame, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """OSV-5M ``unique_*`` labels of some rows; levels the manifest lacks are geocoded from the
+    true coordinates with the same geocoder that labels the predictions."""
+    places = {
+        level: rows[f"unique_{level}"].to_numpy(dtype=object)[idx]
+        for level in PLACE_LEVELS
+        if f"unique_{level}" in rows.columns
+    }
+    if len(places) < len(PLACE_LEVELS):
+        found = reverse_geocode(rows["latitude"].to_numpy()[idx], rows["longitude"].to_numpy()[idx])
+        places = {**found, **places}
+    return places
+
+
+def evaluate(
+    predictor: Predictor,
+    manifest: pd.DataFrame,
+    split: str = "test",
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    ks: Sequence[int] = (1, 3, 5),
+    places: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """All metrics of ``predictor`` on one split of a manifest (see geovit.metrics for keys)."""
+    rows = split_rows(manifest, split)
+    lat = rows["latitude"].to_numpy(dtype=np.float64)
+    lon = rows["longitude"].to_numpy(dtype=np.float64)
+    labels = predictor.cells.assign(lat, lon)
+    cells = predictor.cells
+    metrics = GeoMetrics(
+        cells.centroid_lat, cells.centroid_lon, ks=ks, place_levels=PLACE_LEVELS if places else ()
+    )
+    n_bad = 0
+    for idx, logits, bad in stream_logits(
+        predictor, rows, batch_size=batch_size, workers=workers, progress=progress
+    ):
+        n_bad += bad
+        if logits is not None:
+            metrics.update(
+                logits, labels[idx], lat[idx], lon[idx], _true_places(rows, idx) if places else None
+            )
+    if n_bad == len(rows):
+        raise GeovitError(
+            f"none of the {len(rows)} {split!r} images could be read; check the image paths"
+        )
+    return {
+        "split": split,
+        "n_split_images": len(rows),
+        "n_unreadable": n_bad,
+        "n_classes": len(cells),
+        "temperature": predictor.temperature,
+        **metrics.compute(),
+    }
+
+
+def calibrate(
+    predictor: Predictor,
+    manifest: pd.DataFrame,
+    split: str = "val",
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    max_images: int = 20_000,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> TemperatureFit:
+    """Fit the temperature on (a seeded sample of at most ``max_images`` of) one split.
+
+    Unlike evaluation the fit needs every logit at once, hence the cap: 20k images x 2k cells is
+    160 MB of float32.
+    """
+    rows = split_rows(manifest, split)
+    if len(rows) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), max_images, replace=False))
+        rows = rows.iloc[keep].reset_index(drop=True)
+    labels = predictor.cells.assign(rows["latitude"].to_numpy(), rows["longitude"].to_numpy())
+    parts = [
+        (idx, logits)
+        for idx, logits, _ in stream_logits(
+            predictor, rows, batch_size=batch_size, workers=workers, scaled=False, progress=progress
+        )
+        if logits is not None
+    ]
+    if not parts:
+        raise GeovitError(
+            f"none of the {len(rows)} {split!r} images could be read; check the image paths"
+        )
+    idx = np.concatenate([i for i, _ in parts])
+    return fit_temperature(np.concatenate([lg for _, lg in parts]), labels[idx])
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def _atomic_write(path: Path, write: Callable[[str], None], suffix: str) -> Path:
+    """Write through a temp file in the same folder, then rename (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return _atomic_write(
+        Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".tmp"
+    )
+
+
+def write_metrics_json(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
+    return write_text(path, json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def summary_tables(m: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) tables of a metrics dict: shared by metrics.md and the CLI."""
+    cell = m["cell_accuracy"]
+    ks = list(cell["all_images"])
+    dist = m["distance"]
+    tables = [
+        (
+            "Images",
+            [
+                "split",
+                "images in split",
+                "scored",
+                "unreadable (skipped)",
+                "outside every cell",
+                "classes",
+            ],
+            [
+                [
+                    m["split"],
+                    str(m["n_split_images"]),
+                    str(m["n_images"]),
+                    str(m["n_unreadable"]),
+                    str(m["n_outside_cells"]),
+                    str(m["n_classes"]),
+                ]
+            ],
+        ),
+        (
+            "Cell accuracy",
+            ["", *[k.replace("top", "top-") for k in ks]],
+            [
+                [
+                    "all scored images (outside-cell images count as wrong)",
+                    *[_pct(cell["all_images"][k]) for k in ks],
+                ],
+                [
+                    "in-cell images only (the design's view)",
+                    *[_pct(cell["in_cell_images"][k]) for k in ks],
+                ],
+            ],
+        ),
+        (
+            "Distance error (predicted point = top cell's centroid)",
+            [
+                "mean km",
+                "median km",
+                *[f"< {t} km" for t in dist["accuracy_within_km"]],
+                "GeoGuessr score",
+            ],
+            [
+                [
+                    _num(dist["mean_km"], ".1f"),
+                    _num(dist["median_km"], ".1f"),
+                    *[_pct(v) for v in dist["accuracy_within_km"].values()],
+                    _num(m["geoscore_mean"], ".0f"),
+                ]
+            ],
+        ),
+    ]
+    if "place_accuracy" in m:
+        tables.append(
+            (
+                "Place accuracy (reverse_geocoder on the predicted point)",
+                ["level", "accuracy", "labelled images"],
+                [
+                    [lvl, _pct(v["accuracy"]), str(v["n_labelled"])]
+                    for lvl, v in m["place_accuracy"].items()
+                ],
+            )
+        )
+    cal, conc = m["calibration"], m["concentration"]
+    tables += [
+        (
+            "Loss and calibration",
+            [
+                "cross-entropy (in-cell images)",
+                f"ECE ({cal['n_bins']} bins, top-1 confidence)",
+                "temperature",
+            ],
+            [
+                [
+                    _num(m["cross_entropy"], ".4f"),
+                    _num(cal["ece"], ".4f"),
+                    _num(m["temperature"], ".4f"),
+                ]
+            ],
+        ),
+        (
+            "Concentration of each prediction",
+            ["", "mean", "median"],
+            [
+                [name.replace("_", " "), _num(v["mean"], ".3f"), _num(v["median"], ".3f")]
+                for name, v in conc.items()
+            ],
+        ),
+    ]
+    return tables
+
+
+def metrics_markdown(m: dict[str, Any], title: str = "Evaluation") -> str:
+    """A readable report of a metrics dict, stating the distance convention."""
+    lines = [f"# {title}", "", f"Distances: {m['distance']['convention']}.", ""]
+    for name, header, rows in summary_tables(m):
+        lines += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    lines += [
+        "Outside-cell images are photos whose true location lies in no kept cell (pruned, sparse "
+        "areas): they have no correct class, so they count as wrong in the first accuracy row and "
+        "are left out of the second and of the cross-entropy; every scored image counts for "
+        "distances and place accuracy. The expected calibration error (ECE) is "
+        "sum over bins of (bin size / n) * |accuracy - mean confidence| over all scored images.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_metrics_md(m: dict[str, Any], path: str | os.PathLike, title: str = "Evaluation") -> Path:
+    return write_text(path, metrics_markdown(m, title))
+
+
+def write_reliability_diagram(m: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Reliability diagram PNG: accuracy vs mean confidence per bin, with the bin counts below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = m["calibration"]
+    bins = cal["bins"]
+    lower = np.array([b["lower"] for b in bins])
+    width = bins[0]["upper"] - bins[0]["lower"]
+    acc = np.array([b["accuracy"] or 0.0 for b in bins])
+    conf = np.array([b["confidence"] if b["confidence"] is not None else np.nan for b in bins])
+    count = np.array([b["count"] for b in bins])
+    fig, (ax, axc) = plt.subplots(
+        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.bar(
+        lower, acc, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy"
+    )
+    ax.bar(
+        lower,
+        np.nan_to_num(conf - acc),
+        bottom=acc,
+        width=width,
+        align="edge",
+        color="#dd8452",
+        alpha=0.45,
+        edgecolor="white",
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(
+        ylim=(0, 1),
+        ylabel="top-1 accuracy",
+        title=f"{m['split']}: ECE {_num(cal['ece'], '.4f')}, T = {_num(m['temperature'], '.3f')}",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    axc.bar(lower, count, width=width, align="edge", color="#8c8c8c", edgecolor="white")
+    axc.set(xlim=(0, 1), xlabel="top-1 confidence", ylabel="images")
+    fig.tight_layout()
+    try:
+        return _atomic_write(
+            Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120), ".png"
+        )
+    finally:
+        plt.close(fig)
+
+
+def write_outputs(
+    m: dict[str, Any], out_dir: str | os.PathLike, title: str = "Evaluation"
+) -> dict[str, Path]:
+    """metrics.json, metrics.md and reliability.png in ``out_dir``."""
+    out = Path(out_dir)
+    return {
+        "json": write_metrics_json(m, out / "metrics.json"),
+        "markdown": write_metrics_md(m, out / "metrics.md", title),
+        "reliability": write_reliability_diagram(m, out / "reliability.png"),
+    }

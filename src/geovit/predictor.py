@@ -1,0 +1,240 @@
+"""Where was this photo taken? A checkpoint wrapped for inference on anyone's images.
+
+    model = geovit.load("best.ckpt")
+    result = model.predict("street.jpg")     # PIL image, path, bytes, or a list of them
+    result.best_lat, result.best_lon, result.tokens[0], result.probs[0]
+
+Probabilities are softmax(logits / T) with the checkpoint's fitted temperature (1.0 until
+``geovit calibrate``). The best guess is the top cell's centroid: the spherical mean of that
+cell's training photos, which is where the model's evaluation distances are measured from.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from geovit.cells import CellPartition
+from geovit.data.images import build_transform, load_image
+from geovit.errors import GeovitError
+from geovit.metrics import topk_indices
+
+ImageInput = Image.Image | str | os.PathLike | bytes
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Prediction:
+    """The top-k cells for one image, best first, and one best-guess coordinate."""
+
+    indices: np.ndarray
+    probs: np.ndarray
+    tokens: list[str]
+    lat: np.ndarray
+    lon: np.ndarray
+    names: list[str]
+    best_lat: float
+    best_lon: float
+    all_probs: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: best guess plus one entry per top-k cell."""
+        return {
+            "best_guess": {"lat": self.best_lat, "lon": self.best_lon},
+            "top_k": [
+                {
+                    "rank": r + 1,
+                    "index": int(i),
+                    "token": t,
+                    "probability": float(p),
+                    "lat": float(la),
+                    "lon": float(lo),
+                    "name": n,
+                }
+                for r, (i, t, p, la, lo, n) in enumerate(
+                    zip(
+                        self.indices,
+                        self.tokens,
+                        self.probs,
+                        self.lat,
+                        self.lon,
+                        self.names,
+                        strict=True,
+                    )
+                )
+            ],
+        }
+
+
+class Predictor:
+    """A GeoViT and its cells, ready for images: eval transform, temperature, top-k decoding."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cells: CellPartition,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: int,
+        temperature: float = 1.0,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        if temperature <= 0:
+            raise GeovitError(f"temperature {temperature} must be > 0; re-run geovit calibrate")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.cells = cells
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.image_size = int(image_size)
+        self.temperature = float(temperature)
+        self.batch_size = int(batch_size)
+        self.transform = build_transform(self.image_size, self.mean, self.std, train=False)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str | torch.device | None = None
+    ) -> Predictor:
+        """Load a geovit checkpoint (or a Lightning .ckpt written by geovit train)."""
+        from geovit.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        return cls(
+            ckpt.model,
+            ckpt.cells,
+            ckpt.mean,
+            ckpt.std,
+            ckpt.image_size,
+            temperature=ckpt.temperature,
+            device=device,
+        )
+
+    def preprocess(self, img: ImageInput) -> torch.Tensor:
+        """A PIL image, a path (or "ARCHIVE.zip::member") or encoded bytes -> float (3,S,S)."""
+        return self.transform(load_image(img))
+
+    def logits(self, x: torch.Tensor, scaled: bool = True) -> torch.Tensor:
+        """Logits (B,K) in float32 on the CPU, divided by the temperature unless ``scaled=False``
+        (calibration fits a new temperature on the raw logits)."""
+        with torch.inference_mode():
+            out = self.model(x.to(self.device, non_blocking=True)).float().cpu()
+        return out / self.temperature if scaled else out
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Cell probabilities (B,K) = softmax(logits / T)."""
+        return torch.softmax(self.logits(x), dim=-1)
+
+    def decode(self, probs: np.ndarray, top_k: int = 5, keep_all: bool = False) -> list[Prediction]:
+        """Top-k cells of each row of a probability matrix (B,K)."""
+        probs = np.asarray(probs, dtype=np.float64)
+        top = topk_indices(probs, top_k)
+        tokens = self.cells.tokens
+        out = []
+        for row, idx in zip(probs, top, strict=True):
+            lat, lon = self.cells.centroid_lat[idx], self.cells.centroid_lon[idx]
+            out.append(
+                Prediction(
+                    indices=idx,
+                    probs=row[idx],
+                    tokens=[str(t) for t in tokens[idx]],
+                    lat=lat,
+                    lon=lon,
+                    names=[str(n) for n in self.cells.names[idx]],
+                    best_lat=float(lat[0]),
+                    best_lon=float(lon[0]),
+                    all_probs=row if keep_all else None,
+                )
+            )
+        return out
+
+    def predict_tensors(self, x: torch.Tensor, top_k: int = 5) -> list[Prediction]:
+        """Predictions for preprocessed images (B,3,S,S), in batches of ``batch_size``."""
+        out: list[Prediction] = []
+        for start in range(0, len(x), self.batch_size):
+            out += self.decode(
+                self.predict_proba(x[start : start + self.batch_size]).numpy(), top_k
+            )
+        return out
+
+    def predict(
+        self, img: ImageInput | Sequence[ImageInput], top_k: int = 5
+    ) -> Prediction | list[Prediction]:
+        """Top-k cells and best guess for one image, or a list of results for a list of images.
+
+        An unreadable image raises GeovitError naming it; see :func:`predict_files` to predict
+        the readable ones of many files and report the others.
+        """
+        if isinstance(img, list | tuple):
+            if not img:
+                return []
+            return self.predict_tensors(torch.stack([self.preprocess(i) for i in img]), top_k)
+        x = self.preprocess(img)[None]
+        return self.decode(self.predict_proba(x).numpy(), top_k, keep_all=True)[0]
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> Predictor:
+    """``geovit.load(CKPT)``: a Predictor for a checkpoint."""
+    return Predictor.from_checkpoint(path, device=device)
+
+
+def expand_images(args: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (recursively, image suffixes) and glob patterns -> image paths in order.
+
+    Returns (paths, problems): an argument matching nothing is a (arg, reason) problem, not an
+    exception, so the other images can still be predicted.
+    """
+    paths: list[str] = []
+    problems: list[tuple[str, str]] = []
+    for arg in args:
+        p = Path(arg).expanduser()
+        if p.is_dir():
+            found = sorted(
+                str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                problems.append((arg, f"folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
+        elif p.is_file():
+            found = [str(p)]
+        elif glob.has_magic(arg):
+            found = sorted(f for f in glob.glob(str(p), recursive=True) if os.path.isfile(f))
+            if not found:
+                problems.append((arg, "pattern matches no files"))
+        else:
+            found = []
+            problems.append((arg, "no such file or folder"))
+        paths += [f for f in found if f not in paths]
+    return paths, problems
+
+
+def predict_files(
+    predictor: Predictor, paths: Sequence[str], top_k: int = 5
+) -> list[tuple[str, Prediction | str]]:
+    """(path, Prediction) for every readable image and (path, error message) for the others.
+
+    Images are decoded and predicted ``predictor.batch_size`` at a time, so memory stays flat.
+    """
+    results: list[tuple[str, Prediction | str]] = []
+    for start in range(0, len(paths), predictor.batch_size):
+        chunk = paths[start : start + predictor.batch_size]
+        tensors: dict[int, torch.Tensor] = {}
+        errors: dict[int, str] = {}
+        for i, path in enumerate(chunk):
+            try:
+                tensors[i] = predictor.preprocess(path)
+            except GeovitError as exc:
+                errors[i] = str(exc)
+        preds = (
+            predictor.predict_tensors(torch.stack(list(tensors.values())), top_k) if tensors else []
+        )
+        by_index = dict(zip(tensors, preds, strict=True))
+        results += [(p, by_index[i] if i in by_index else errors[i]) for i, p in enumerate(chunk)]
+    return results

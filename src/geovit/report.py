@@ -1,0 +1,305 @@
+"""One self-contained HTML report of a checkpoint on a dataset split (images embedded as base64).
+
+Sections: the evaluation metrics (geovit.evaluation), the reliability diagram, a map of all cells
+coloured by their test accuracy, and a gallery of the design's four kinds of examples, each with
+its occlusion heatmap and probability map. The kinds are defined relative to the split's own
+distribution (quartiles), so every model gets examples, and each image appears at most once:
+
+- confident_right: top-1 correct and top-1 probability >= the split's 75th percentile.
+- confident_wrong: top-1 wrong and top-1 probability >= the 75th percentile.
+- tight_cluster: top-1 wrong, yet the probability mass on cells whose centroid lies within
+  200 km of the true location is > 0 and >= its 75th percentile (most mass first).
+- diffuse: entropy >= its 75th percentile and top-1 probability <= its median (highest entropy
+  first).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from geovit.errors import GeovitError
+from geovit.evaluation import evaluate as run_evaluation
+from geovit.evaluation import (
+    split_rows,
+    stream_logits,
+    summary_tables,
+    write_metrics_json,
+    write_reliability_diagram,
+)
+from geovit.explain import explain_image, render_explanation
+from geovit.geo import haversine_km
+from geovit.maps import cell_value_map, probability_map, write_text
+from geovit.metrics import CONCENTRATION_RADIUS_KM, log_softmax
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from geovit.predictor import Predictor
+
+KINDS: dict[str, str] = {
+    "confident_right": "Confident and right: top-1 correct, top-1 probability in the split's top "
+    "quartile (highest first).",
+    "confident_wrong": "Confident and wrong: top-1 wrong, top-1 probability in the split's top "
+    "quartile (highest first).",
+    "tight_cluster": "Tight cluster near the truth: top-1 wrong, but the probability mass on "
+    f"cells within {CONCENTRATION_RADIUS_KM:g} km of the true location is in the split's top "
+    "quartile (most mass first).",
+    "diffuse": "Diffuse: entropy in the split's top quartile and top-1 probability at or below "
+    "the median (highest entropy first).",
+}
+
+
+def example_stats(
+    predictor: Predictor,
+    rows: pd.DataFrame,
+    *,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Per image of `rows` (readable ones): row, label, top1, p1, correct, entropy (nats) and
+    mass_near_truth (probability on cells whose centroid is < 200 km from the true location)."""
+    cells = predictor.cells
+    lat = rows["latitude"].to_numpy(np.float64)
+    lon = rows["longitude"].to_numpy(np.float64)
+    labels = cells.assign(lat, lon)
+    parts = []
+    for idx, logits, _ in stream_logits(predictor, rows, batch_size=batch_size, progress=progress):
+        if logits is None:
+            continue
+        logp = log_softmax(logits)
+        p = np.exp(logp)
+        top1 = p.argmax(axis=1)
+        near = haversine_km(lat[idx, None], lon[idx, None], cells.centroid_lat, cells.centroid_lon)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "row": idx,
+                    "label": labels[idx],
+                    "top1": top1,
+                    "p1": p[np.arange(len(idx)), top1],
+                    "correct": top1 == labels[idx],
+                    "entropy": -(p * logp).sum(axis=1),
+                    "mass_near_truth": (p * (near < CONCENTRATION_RADIUS_KM)).sum(axis=1),
+                }
+            )
+        )
+    if not parts:
+        raise GeovitError(f"none of the {len(rows)} images could be read; check the image paths")
+    return pd.concat(parts, ignore_index=True)
+
+
+def pick_examples(stats: pd.DataFrame, per_kind: int = 2) -> dict[str, list[int]]:
+    """Rows of `stats` chosen for each kind (see the module docstring); no image twice."""
+    q = stats[["p1", "entropy", "mass_near_truth"]].quantile(0.75)
+    wrong = ~stats["correct"]
+    rules = {
+        "confident_right": (stats["correct"] & (stats["p1"] >= q["p1"]), "p1"),
+        "confident_wrong": (wrong & (stats["p1"] >= q["p1"]), "p1"),
+        "tight_cluster": (
+            wrong
+            & (stats["mass_near_truth"] > 0)
+            & (stats["mass_near_truth"] >= q["mass_near_truth"]),
+            "mass_near_truth",
+        ),
+        "diffuse": (
+            (stats["entropy"] >= q["entropy"]) & (stats["p1"] <= stats["p1"].median()),
+            "entropy",
+        ),
+    }
+    used: set[int] = set()
+    out = {}
+    for kind, (mask, key) in rules.items():
+        ranked = stats[mask & ~stats.index.isin(list(used))].sort_values(
+            key, ascending=False, kind="stable"
+        )
+        out[kind] = [int(i) for i in ranked.index[:per_kind]]
+        used.update(out[kind])
+    return out
+
+
+def cell_accuracy(stats: pd.DataFrame, num_cells: int) -> np.ndarray:
+    """Top-1 accuracy per true cell (K,); NaN for cells with no image in the split."""
+    inside = stats[stats["label"] >= 0]
+    n = np.bincount(inside["label"], minlength=num_cells)
+    hits = np.bincount(
+        inside["label"], weights=inside["correct"].astype(float), minlength=num_cells
+    )
+    return np.divide(hits, n, out=np.full(num_cells, np.nan), where=n > 0)
+
+
+def _data_uri(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _file_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+@dataclass
+class GalleryItem:
+    kind: str
+    caption: str
+    heatmap: str  # data URIs
+    prob_map: str
+
+
+def _gallery(
+    predictor: Predictor,
+    rows: pd.DataFrame,
+    stats: pd.DataFrame,
+    picks: dict[str, list[int]],
+    **occlusion: Any,
+) -> list[GalleryItem]:
+    cells = predictor.cells
+    items = []
+    for kind, chosen in picks.items():
+        for i in chosen:
+            s = stats.loc[i]
+            row = rows.iloc[int(s["row"])]
+            lat, lon = float(row["latitude"]), float(row["longitude"])
+            in_cell = int(s["label"]) >= 0
+            expl = explain_image(
+                predictor,
+                row["image"],
+                lat=lat,
+                lon=lon,
+                target="true" if in_cell else "top",
+                **occlusion,
+            )
+            probs = np.asarray(
+                predictor.predict_proba(predictor.preprocess(row["image"])[None]), np.float64
+            )[0]
+            top = int(s["top1"])
+            truth = (
+                f"true cell {cells.tokens[int(s['label'])]}"
+                if in_cell
+                else "truth outside every cell"
+            )
+            caption = (
+                f"{row['id']}: {truth}; top-1 {cells.tokens[top]} {cells.names[top]} "
+                f"p={s['p1']:.3f} ({'right' if s['correct'] else 'wrong'}); entropy "
+                f"{s['entropy']:.2f} nats; mass within {CONCENTRATION_RADIUS_KM:g} km of the truth "
+                f"{s['mass_near_truth']:.3f}"
+            )
+            pmap = probability_map(cells, probs, lat=lat, lon=lon, log=True, title=str(row["id"]))
+            items.append(
+                GalleryItem(
+                    kind, caption, _data_uri(render_explanation(expl)), _data_uri(pmap.figure)
+                )
+            )
+    return items
+
+
+def build_report(
+    predictor: Predictor,
+    manifest: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    metrics: dict[str, Any] | None = None,
+    per_kind: int = 2,
+    batch_size: int = 64,
+    title: str = "GeoViT report",
+    progress: Callable[[int], None] | None = None,
+    **occlusion: Any,
+) -> Path:
+    """Write OUT/report.html (and OUT/metrics.json when the metrics are computed here).
+
+    `metrics`: a metrics dict from an earlier `geovit evaluate` (skips that pass); `occlusion`:
+    patch, stride, fill, fast, batch_size options for the gallery's heatmaps.
+    """
+    out = Path(out_dir)
+    rows = split_rows(manifest, split)
+    if metrics is None:
+        metrics = run_evaluation(predictor, manifest, split, batch_size=batch_size)
+        write_metrics_json(metrics, out / "metrics.json")
+    stats = example_stats(predictor, rows, batch_size=batch_size, progress=progress)
+    acc = cell_accuracy(stats, len(predictor.cells))
+    acc_map = cell_value_map(
+        predictor.cells,
+        acc,
+        label="top-1 accuracy",
+        vmin=0.0,
+        vmax=1.0,
+        title=f"Top-1 accuracy per true cell on {split} ({int(np.isfinite(acc).sum())} cells "
+        "with images)",
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        reliability = _file_uri(write_reliability_diagram(metrics, Path(tmp) / "reliability.png"))
+    gallery = _gallery(predictor, rows, stats, pick_examples(stats, per_kind), **occlusion)
+    page = _page(title, metrics, reliability, _data_uri(acc_map), gallery, len(stats))
+    return write_text(out / "report.html", page)
+
+
+_CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 24px auto; padding: 0 16px;
+       color: #222; }
+h1 { font-size: 24px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; } th { background: #f2f2f2; }
+img { max-width: 100%; } figure { margin: 0 0 28px; }
+.pair { display: flex; gap: 12px; flex-wrap: wrap; align-items: flex-start; }
+.pair img { flex: 1 1 480px; min-width: 0; }
+figcaption { font-size: 13px; color: #444; margin-bottom: 6px; }
+.note { color: #666; font-size: 13px; }
+"""
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<h3>{esc(title)}</h3><table><tr>{head}</tr>{body}</table>"
+
+
+def _page(
+    title: str,
+    m: dict[str, Any],
+    reliability: str,
+    acc_map: str,
+    gallery: list[GalleryItem],
+    n_scanned: int,
+) -> str:
+    esc = html.escape
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
+        f"<p class='note'>Generated {esc(time.strftime('%Y-%m-%d %H:%M'))} · split "
+        f"{esc(str(m.get('split')))} · {n_scanned} images scanned for the gallery · "
+        f"distances: {esc(str(m['distance']['convention']))}</p>",
+        "<h2>Metrics</h2>",
+        *(_table(*t) for t in summary_tables(m)),
+        "<h2>Reliability diagram</h2>",
+        f"<img src='{reliability}' alt='reliability diagram' style='max-width:520px'>",
+        "<h2>Accuracy per cell</h2>",
+        f"<img src='{acc_map}' alt='map of cells coloured by top-1 accuracy'>",
+        "<h2>Examples</h2><p class='note'>Left: occlusion heatmap for the true cell (the drop in "
+        "its probability when a patch is covered; red = the model relies on it). Right: the "
+        "probability over all cells (log colour scale), top cells outlined, truth in red.</p>",
+    ]
+    for kind, definition in KINDS.items():
+        items = [g for g in gallery if g.kind == kind]
+        parts.append(f"<h3>{esc(kind.replace('_', ' '))}</h3><p class='note'>{esc(definition)}</p>")
+        if not items:
+            parts.append("<p><em>No image of this split meets the definition.</em></p>")
+        parts += [
+            f"<figure><figcaption>{esc(g.caption)}</figcaption><div class='pair'>"
+            f"<img src='{g.heatmap}' alt='occlusion heatmap'><img src='{g.prob_map}' "
+            "alt='probability map'></div></figure>"
+            for g in items
+        ]
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,479 @@
+"""HTTP API and the single-page web app: upload a photo, get the top cells, a heatmap and a map.
+
+The model loads once. Inference runs in a worker thread (off the event loop) and one request at a
+time holds the model, so a burst of uploads queues instead of decoding and running many images at
+once and exhausting memory. Every bad upload is answered with a 4xx JSON error that names the
+problem; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, Literal, Protocol
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from geovit import __version__
+from geovit.errors import GeovitError
+from geovit.explain import explain_image
+from geovit.maps import densify
+
+DEFAULT_MAX_BYTES = 20_000_000
+DEFAULT_MAX_PIXELS = 40_000_000
+# Multipart framing (boundaries, part headers) around the image; the body limit allows for it.
+MULTIPART_SLACK = 64 * 1024
+# Coarse S2 cells have long geodesic edges: draw them with intermediate points so the map's
+# equirectangular polygons follow the true edges; fine cells need only their 4 corners.
+_EDGE_POINTS = 8
+_DENSIFY_BELOW_LEVEL = 6
+_COORD_DECIMALS = 5
+
+_PACKAGE = resources.files("geovit")
+STATIC_DIR = _PACKAGE / "static"
+BASEMAP_PATH = _PACKAGE / "assets" / "basemap.json"
+
+
+class ServablePredictor(Protocol):
+    """What the server needs: geovit.predictor.Predictor and geovit.export.OnnxPredictor fit."""
+
+    cells: Any
+    image_size: int
+    mean: Any
+    std: Any
+
+    def preprocess(self, img: Any) -> Any: ...
+
+    def predict_proba(self, x: Any) -> Any: ...
+
+    def predict(self, img: Any, top_k: int = 5) -> Any: ...
+
+
+# ----------------------------------------------------------------------------- image decoding
+
+
+def _bytes(n: int) -> str:
+    return f"{n:,} bytes"
+
+
+def decode_upload(data: bytes, *, name: str, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Fully decode an uploaded image to RGB, or raise an HTTPException naming the problem.
+
+    The pixel count is checked from the header before decoding, so a decompression bomb (a few
+    KB that inflate to gigabytes) is refused without allocating it; the full decode then catches
+    truncated files, which PIL would otherwise only notice lazily.
+    """
+    if not data:
+        raise HTTPException(400, f"the uploaded image {name!r} is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise HTTPException(
+            413, f"the image {name!r} is {_bytes(len(data))}, over the {_bytes(max_bytes)} limit"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise HTTPException(413, f"the image {name!r} has too many pixels: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise HTTPException(
+            415, f"{name!r} is not an image geovit can read (send a JPEG, PNG or WebP photo)"
+        ) from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise HTTPException(
+            413,
+            f"the image {name!r} is {width}x{height} = {width * height / 1e6:.0f} megapixels, "
+            f"over the {max_pixels / 1e6:.0f} megapixel limit; downscale it first",
+        )
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise HTTPException(
+            400, f"the image {name!r} is truncated or corrupt and cannot be decoded ({exc})"
+        ) from exc
+    # Browsers show photos upright using the EXIF orientation; do the same so the heatmap
+    # overlay lines up with what the user sees.
+    return ImageOps.exif_transpose(img).convert("RGB")
+
+
+# ----------------------------------------------------------------------------- GeoJSON
+
+
+def _ring(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """One cell boundary (n,) -> closed, longitude-continuous [lon, lat] ring (m, 2)."""
+    pole = np.abs(lat) > 90.0 - 1e-9
+    if pole.any():  # a corner on a pole has no longitude: reach it along both neighbours' meridians
+        n = len(lat)
+        rep = np.repeat(np.arange(n), np.where(pole, 2, 1))
+        lat, lon = lat[rep], lon[rep].copy()
+        first = np.flatnonzero(pole[rep] & np.r_[True, rep[1:] != rep[:-1]])
+        lon[first] = lon[(first - 1) % len(lon)]
+        lon[first + 1] = lon[(first + 2) % len(lon)]
+    lon = np.degrees(np.unwrap(np.radians(lon)))
+    lon = lon - 360.0 * np.round(lon.mean() / 360.0)
+    closing = (lon[0] - lon[-1] + 180.0) % 360.0 - 180.0
+    points = np.column_stack([lon, lat])
+    if abs(lon[-1] + closing - lon[0]) > 180.0:  # the ring winds around a pole it contains
+        points = _polar_ring(np.r_[lon, lon[-1] + closing], np.r_[lat, lat[0]])
+    return np.vstack([points, points[:1]])
+
+
+def _polar_ring(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """A closed ring winding once around a pole -> a polygon over [-180, 180]: cut it at the
+    antimeridian and close it along the pole (how equirectangular maps draw polar caps)."""
+    if lon[-1] < lon[0]:
+        lon, lat = lon[::-1], lat[::-1]
+    cut = 360.0 * np.ceil((lon[0] + 180.0) / 360.0) - 180.0  # the antimeridian inside the ring
+    cut_lat = np.interp(cut, lon, lat)  # edges not through a pole are monotonic in longitude
+    after, before = lon > cut, lon[1:] < cut
+    ring_lon = np.r_[cut, lon[after], lon[1:][before] + 360.0, cut + 360.0]
+    ring_lat = np.r_[cut_lat, lat[after], lat[1:][before], cut_lat]
+    pole = 90.0 if lat.mean() > 0 else -90.0
+    ring = np.column_stack([np.r_[ring_lon, cut + 360.0, cut], np.r_[ring_lat, pole, pole]])
+    ring[:, 0] -= cut + 180.0
+    return ring
+
+
+def cell_rings(cells: Any, indices: np.ndarray) -> list[list[list[float]]]:
+    """Closed [lon, lat] rings of the given classes' S2 cells, ready for GeoJSON.
+
+    Edges of coarse cells are densified along great circles. Longitudes are unwrapped so a ring
+    crossing the antimeridian stays contiguous (values may leave [-180, 180], as Leaflet and the
+    page expect); a ring around a pole is closed along that pole's parallel.
+    """
+    lat, lon = (np.asarray(a, dtype=np.float64)[indices] for a in cells.polygons())
+    dlat, dlon = densify(lat, lon, _EDGE_POINTS)
+    coarse = np.asarray(cells.levels)[indices] < _DENSIFY_BELOW_LEVEL
+    return [
+        _ring(*(r if c else r[::_EDGE_POINTS] for r in (la, lo))).round(_COORD_DECIMALS).tolist()
+        for la, lo, c in zip(dlat, dlon, coarse, strict=True)
+    ]
+
+
+def cells_geojson(
+    cells: Any, indices: Sequence[int], properties: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection with one polygon per class index, carrying `properties`."""
+    idx = np.asarray(indices, dtype=np.int64)
+    features = [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": p}
+        for ring, p in zip(cell_rings(cells, idx), properties, strict=True)
+    ]
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _cell_info(cells: Any, i: int) -> dict[str, Any]:
+    return {
+        "index": int(i),
+        "token": str(cells.tokens[i]),
+        "level": int(cells.levels[i]),
+        "name": str(cells.names[i]),
+        "lat": float(cells.centroid_lat[i]),
+        "lon": float(cells.centroid_lon[i]),
+    }
+
+
+def partition_geojson(cells: Any) -> dict[str, Any]:
+    """Every class of the partition as a GeoJSON polygon with its token, name and photo count."""
+    idx = np.arange(len(cells))
+    props = [{**_cell_info(cells, i), "count": int(cells.counts[i])} for i in idx]
+    return cells_geojson(cells, idx, props)
+
+
+def prediction_json(cells: Any, pred: Any) -> dict[str, Any]:
+    """The /predict body for one geovit.predictor.Prediction (minus timing)."""
+    top = [
+        {"rank": r + 1, **_cell_info(cells, int(i)), "probability": float(p)}
+        for r, (i, p) in enumerate(zip(pred.indices, pred.probs, strict=True))
+    ]
+    return {
+        "top_k": top,
+        "best_guess": {"lat": float(pred.best_lat), "lon": float(pred.best_lon)},
+        "geojson": cells_geojson(cells, [c["index"] for c in top], top),
+    }
+
+
+# ----------------------------------------------------------------------------- heatmap
+
+
+def heatmap_png(heat: np.ndarray, size: tuple[int, int], cmap: str = "inferno") -> bytes:
+    """An RGBA PNG of a heatmap resized to `size` (w, h): transparent where nothing matters.
+
+    Only positive values (the top cell's probability dropped when that region was hidden) are
+    shown, scaled by the maximum, so the overlay highlights the evidence the model used.
+    """
+    from matplotlib import colormaps
+
+    h = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float64)), 0.0, None)
+    top = h.max()
+    norm = h / top if top > 0 else h
+    rgba = colormaps[cmap](norm)
+    rgba[..., 3] = 0.85 * np.sqrt(norm)
+    img = Image.fromarray((rgba * 255).round().astype(np.uint8), mode="RGBA")
+    buf = io.BytesIO()
+    img.resize(size, Image.Resampling.BILINEAR).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": message, "status": status, **extra}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 (JSON) for a request body over `max_body` bytes.
+
+    A declared Content-Length over the limit is refused before reading anything; a body without
+    one (chunked) is counted while it streams in and refused as soon as it passes the limit, so a
+    client cannot make the server spool an unbounded upload.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int, message: str) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.message = message
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return await _error(413, self.message)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    # FastAPI re-raises an HTTPException from body reading to the handlers.
+                    raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """JSON errors with one readable `detail` line (FastAPI's defaults are terse or nested)."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(GeovitError)
+    async def geovit_error(request: Request, exc: GeovitError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        missing_image = any(
+            e.get("type") == "missing" and tuple(e.get("loc", ()))[-1:] == ("image",)
+            for e in errors
+        )
+        if not missing_image:
+            return _error(422, "; ".join(str(e.get("msg")) for e in errors), errors=errors)
+        if request.headers.get("content-length") in (None, "0"):
+            return _error(
+                400,
+                "the request body is empty: send the photo as multipart/form-data "
+                "in a file field named 'image'",
+            )
+        return _error(
+            422,
+            "no file field named 'image' in the form: send the photo as "
+            "multipart/form-data in a file field named 'image'",
+        )
+
+
+def create_app(
+    predictor: ServablePredictor,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    top_k: int = 5,
+) -> FastAPI:
+    """The geovit FastAPI app around a loaded predictor (torch Predictor or OnnxPredictor)."""
+    cells = predictor.cells
+    k = min(top_k, len(cells))
+    backend = type(predictor).__name__
+    model_lock = anyio.Lock()  # one inference at a time: bounded memory under load
+    cached: dict[str, Any] = {}
+
+    app = FastAPI(
+        title="geovit",
+        version=__version__,
+        summary="Where was this street-level photo taken?",
+        description=(
+            "Upload a photo as multipart field `image`. Note: this /docs page loads Swagger UI "
+            "from a CDN; the main page at `/` works offline."
+        ),
+    )
+    _install_error_handlers(app)
+    app.add_middleware(
+        BodyLimit,
+        max_body=max_bytes + MULTIPART_SLACK,
+        message=f"the upload is over the {_bytes(max_bytes)} limit; send a smaller image",
+    )
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+
+    async def read_image(upload: UploadFile) -> tuple[Image.Image, float]:
+        """Read the upload (bounded by the body limit) and decode it in a worker thread."""
+        if upload.size is not None and upload.size > max_bytes:
+            raise HTTPException(
+                413, f"the image is {_bytes(upload.size)}, over the {_bytes(max_bytes)} limit"
+            )
+        data = await upload.read(max_bytes + 1)
+        t0 = time.perf_counter()
+        img = await run_in_threadpool(
+            decode_upload,
+            data,
+            name=upload.filename or "image",
+            max_bytes=max_bytes,
+            max_pixels=max_pixels,
+        )
+        return img, (time.perf_counter() - t0) * 1e3
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(str(STATIC_DIR / "index.html"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness plus what the loaded model is."""
+        return {
+            "status": "ok",
+            "classes": len(cells),
+            "image_size": int(predictor.image_size),
+            "backend": backend,
+            "top_k": k,
+            "max_bytes": max_bytes,
+            "max_pixels": max_pixels,
+            "geovit_version": __version__,
+        }
+
+    @app.get("/cells")
+    async def cells_endpoint() -> JSONResponse:
+        """The cell partition (the classes) as a GeoJSON FeatureCollection."""
+        if "cells" not in cached:
+            cached["cells"] = await run_in_threadpool(partition_geojson, cells)
+        return JSONResponse(cached["cells"])
+
+    @app.get("/basemap.json", include_in_schema=False)
+    async def basemap() -> FileResponse:
+        """Natural Earth coastlines and borders for the page's offline map."""
+        return FileResponse(str(BASEMAP_PATH), media_type="application/json")
+
+    @app.post("/predict")
+    async def predict(image: UploadFile = File(..., description="the photo")) -> dict[str, Any]:
+        """Top-k cells with probabilities, the best-guess coordinate and the cells as GeoJSON."""
+        t0 = time.perf_counter()
+        async with model_lock:
+            img, decode_ms = await read_image(image)
+            t1 = time.perf_counter()
+            pred = await run_in_threadpool(predictor.predict, img, top_k=k)
+            infer_ms = (time.perf_counter() - t1) * 1e3
+        body = prediction_json(cells, pred)
+        body["image"] = {"width": img.width, "height": img.height}
+        body["timing_ms"] = {
+            "decode": decode_ms,
+            "inference": infer_ms,
+            "total": (time.perf_counter() - t0) * 1e3,
+        }
+        return body
+
+    @app.post("/explain", response_model=None)
+    async def explain(
+        image: UploadFile = File(..., description="the photo"),
+        format: Literal["png", "json"] = Query("png", description="PNG overlay or JSON grid"),
+        patch: int = Query(32, ge=1, description="occluding square, in model-input pixels"),
+        stride: int = Query(8, ge=1, description="step between occlusions, in pixels"),
+    ) -> Response | dict[str, Any]:
+        """Occlusion sensitivity of the top cell: how much hiding each region lowers its
+        probability. An RGBA PNG overlay at the model's input size, or the grid as JSON."""
+        size = int(predictor.image_size)
+        if not stride <= patch <= size:
+            raise HTTPException(
+                422,
+                f"need stride <= patch <= {size} (the model input), got patch={patch} "
+                f"stride={stride}",
+            )
+        t0 = time.perf_counter()
+        async with model_lock:
+            img, _ = await read_image(image)
+            expl = await run_in_threadpool(
+                explain_image, predictor, img, target="top", patch=patch, stride=stride
+            )
+        elapsed = (time.perf_counter() - t0) * 1e3
+        if format == "json":
+            return {
+                "target": {**_cell_info(cells, expl.target), "probability": expl.prob},
+                "grid": np.asarray(expl.heatmap, dtype=np.float64).tolist(),
+                "shape": list(expl.heatmap.shape),
+                "patch": patch,
+                "stride": stride,
+                "timing_ms": elapsed,
+            }
+        png = await run_in_threadpool(heatmap_png, expl.heatmap, (size, size))
+        headers = {"X-Geovit-Target-Token": expl.token, "X-Geovit-Time-Ms": f"{elapsed:.0f}"}
+        return Response(png, media_type="image/png", headers=headers)
+
+    return app
+
+
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@contextmanager
+def background_server(
+    app: FastAPI, host: str = "127.0.0.1", timeout: float = 30.0
+) -> Iterator[str]:
+    """Run the app with uvicorn in a thread on a free port; yields its base URL.
+
+    The socket is bound here (port 0) and handed to uvicorn, so there is no race for the port.
+    For tests, benchmarks and notebooks.
+    """
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise GeovitError(f"the geovit server did not start on {host} within {timeout:.0f} s")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()

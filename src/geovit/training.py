@@ -1,0 +1,539 @@
+"""Three-stage GeoViT training with Lightning, from one CPU to many GPUs.
+
+Stages (epoch boundaries configurable; the design's defaults):
+  0 "heads"  epochs [0, freeze_epochs):                 proj + head learn; CNN and ViT frozen
+  1 "full"   epochs [freeze_epochs, cnn_refreeze_epoch): everything learns
+  2 "vit"    epochs [cnn_refreeze_epoch, epochs):       CNN frozen again; ViT, proj, head learn
+
+A frozen part gets ``requires_grad=False`` (no gradient, so AdamW neither updates nor decays
+it), its modules stay in eval mode (BatchNorm statistics fixed, re-applied whenever Lightning
+calls ``.train()``), and its AdamW state is deleted. The optimizer itself is built once over all
+parameters: AdamW skips parameters whose gradient is None, so one optimizer with a fixed
+parameter layout serves every stage, its checkpointed state maps back by position on resume,
+and the LR schedule runs on uninterrupted across stage boundaries (rebuilding the optimizer at a
+boundary would restart the schedule and lose the state needed for an exact resume).
+
+Reproducibility: the training sampler shuffles with (seed, epoch) and every process reseeds its
+RNGs at the start of each epoch from (seed, epoch, rank), so an epoch's randomness does not
+depend on history and ``--resume`` reproduces the uninterrupted run on the CPU exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchmetrics import CatMetric
+
+from geovit.cells import CellPartition
+from geovit.checkpoint import contract_fields, load_checkpoint, save_checkpoint
+from geovit.data.images import ImageDataset, build_transform, collate_skip_bad
+from geovit.errors import GeovitError
+from geovit.geo import haversine_km
+from geovit.model import GeoViT, ModelConfig
+
+log = logging.getLogger(__name__)
+
+PARTS = ("cnn", "proj", "vit", "head")
+STAGES = ("heads", "full", "vit")
+TRAINABLE: dict[int, tuple[str, ...]] = {
+    0: ("proj", "head"),
+    1: ("cnn", "proj", "vit", "head"),
+    2: ("proj", "vit", "head"),
+}
+SCHEDULERS = ("plateau", "cosine")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+TOPK = (1, 3, 5)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a run (stored in every checkpoint under ``train["config"]``)."""
+
+    epochs: int = 23
+    freeze_epochs: int = 3  # stage 1 ("full") starts here
+    cnn_refreeze_epoch: int = 20  # stage 2 ("vit") starts here
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    scheduler: str = "plateau"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    warmup_epochs: float = 1.0  # cosine only
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 1.0
+    precision: str = "32"
+    channels_last: bool = False
+    hflip: bool = False
+    workers: int = 4
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    seed: int = 0
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.freeze_epochs <= self.cnn_refreeze_epoch:
+            raise GeovitError(
+                f"stage boundaries freeze_epochs={self.freeze_epochs}, cnn_refreeze_epoch="
+                f"{self.cnn_refreeze_epoch} must satisfy 0 <= freeze_epochs <= cnn_refreeze_epoch"
+            )
+        if self.scheduler not in SCHEDULERS:
+            raise GeovitError(f"unknown scheduler {self.scheduler!r}: use one of {SCHEDULERS}")
+        if self.precision not in PRECISIONS:
+            raise GeovitError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise GeovitError("epochs and batch size must be >= 1 and lr > 0")
+
+    def stage(self, epoch: int) -> int:
+        """The stage (0, 1, 2) an epoch belongs to."""
+        return int(epoch >= self.freeze_epochs) + int(epoch >= self.cnn_refreeze_epoch)
+
+    @property
+    def distributed(self) -> bool:
+        return not (str(self.devices) == "1" and self.num_nodes == 1)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices/kernels; no decay on norms, biases and position embeddings.
+
+    Frozen parameters are included (they simply have no gradient), so the group layout is the
+    same in every stage and on resume.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith("pos_embed") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A well-mixed 32-bit seed for one (run seed, epoch, process) triple."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+class GeoViTModule(L.LightningModule):
+    """GeoViT + loss, metrics, stage-aware freezing and the optimizer set-up."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cells: CellPartition,
+        config: TrainConfig,
+        data_info: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if len(cells) != model_config.num_classes:
+            raise GeovitError(
+                f"model has {model_config.num_classes} classes but the cells file {len(cells)}"
+            )
+        self.model = GeoViT(model_config)
+        self.cells = cells
+        self.config = config
+        self.data_info = dict(data_info or {})
+        self.stage = -1
+        self.frozen: tuple[str, ...] = ()
+        centroids = np.stack([cells.centroid_lat, cells.centroid_lon], axis=1)
+        self.register_buffer("centroids", torch.from_numpy(centroids), persistent=False)
+        self.val_km = CatMetric(nan_strategy="error")
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    # ---- stages ----------------------------------------------------------------------------
+    def set_stage(self, stage: int) -> None:
+        """Freeze/unfreeze the parts for ``stage`` and drop optimizer state of frozen ones."""
+        self.stage = stage
+        self.frozen = tuple(p for p in PARTS if p not in TRAINABLE[stage])
+        optimizers = self._trainer.optimizers if self._trainer is not None else []
+        for name in PARTS:
+            module = getattr(self.model, name)
+            trainable = name not in self.frozen
+            module.requires_grad_(trainable)
+            if not trainable:
+                for p in module.parameters():
+                    p.grad = None
+                    for opt in optimizers:
+                        opt.state.pop(p, None)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> GeoViTModule:
+        """Lightning calls this every epoch: keep frozen parts (their BatchNorm) in eval mode."""
+        super().train(mode)
+        if mode:
+            for name in self.frozen:
+                getattr(self.model, name).eval()
+        return self
+
+    # ---- steps -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        n = len(batch["label"])
+        self.log("train/bad_images", float(batch["n_bad"]), on_step=False, on_epoch=True,
+                 reduce_fx="sum", sync_dist=True, batch_size=max(n, 1))  # fmt: skip
+        if n == 0:
+            return None  # every image of the batch was unreadable (already warned per image)
+        logits = self(batch["image"]).float()
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.config.label_smoothing)
+        acc = (logits.argmax(dim=1) == batch["label"]).float().mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=n)  # fmt: skip
+        self.log("train/acc", acc, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+        self.log("stage", float(self.stage), on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        y = batch["label"]
+        n = len(y)
+        if n == 0:
+            return
+        logits = self(batch["image"]).float()
+        labeled = y >= 0  # images outside every kept cell: no loss, never a hit, but a distance
+        if labeled.any():
+            loss = F.cross_entropy(logits[labeled], y[labeled])
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=int(labeled.sum()))
+        top = logits.topk(min(max(TOPK), logits.shape[1]), dim=1).indices
+        hits = top == y[:, None]
+        for k in TOPK:
+            self.log(f"val/acc{k}", hits[:, :k].any(dim=1).float().mean(), prog_bar=k == 1,
+                     sync_dist=True, batch_size=n)  # fmt: skip
+        pred = self.centroids[top[:, 0]].cpu().numpy()
+        truth = self.trainer.datamodule.val_coords[batch["index"].cpu().numpy()]
+        km = haversine_km(pred[:, 0], pred[:, 1], truth[:, 0], truth[:, 1])
+        self.val_km.update(torch.as_tensor(km, dtype=torch.float64, device=self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_km.update_count:
+            self.log("val/median_km", self.val_km.compute().median().float(), prog_bar=True)
+        self.val_km.reset()
+
+    # ---- optimization ----------------------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        cfg = self.config
+        opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        if cfg.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            )
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"},
+            }
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(int(cfg.warmup_epochs * total / cfg.epochs), total - 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup)
+        if warmup > 0:
+            ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, total_iters=warmup)
+            sched = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warmup])
+        else:
+            sched = cosine
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def train_info(self) -> dict:
+        """What a checkpoint records about this run: config, progress, metrics, data counts."""
+        metrics = {
+            k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")
+        }
+        return {
+            "config": dataclasses.asdict(self.config),
+            "epoch": int(self.trainer.current_epoch),
+            "global_step": int(self.trainer.global_step),
+            "stage": STAGES[self.stage] if self.stage >= 0 else None,
+            "val": metrics,
+            "data": self.data_info,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Make Lightning's .ckpt a self-contained geovit checkpoint (see geovit.checkpoint)."""
+        checkpoint.update(contract_fields(self.model, self.cells, train=self.train_info()))
+        checkpoint["state_dict_prefix"] = "model."
+
+
+class StageSchedule(Callback):
+    """Applies the stage of each epoch before its first batch (also right after a resume)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: GeoViTModule) -> None:
+        stage = pl_module.config.stage(trainer.current_epoch)
+        if stage != pl_module.stage:
+            log.info("epoch %d: stage %s", trainer.current_epoch, STAGES[stage])
+            pl_module.set_stage(stage)
+
+
+class ReseedEachEpoch(Callback):
+    """Seed torch/NumPy/random from (seed, epoch, rank) so no epoch depends on earlier ones."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        s = epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+
+
+class GeoDataModule(L.LightningDataModule):
+    """Train/val datasets (dict samples, see geovit.data.images) + true coordinates of val rows.
+
+    Samplers are always DistributedSampler (one replica on one device): shuffling depends only
+    on (seed, epoch), identically for 1 or N processes.
+    """
+
+    def __init__(
+        self,
+        train_ds: Dataset,
+        val_ds: Dataset,
+        val_coords: np.ndarray,
+        *,
+        batch_size: int,
+        workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(val_coords) != len(val_ds):
+            raise GeovitError(f"{len(val_ds)} validation images but {len(val_coords)} coordinates")
+        self.train_ds, self.val_ds = train_ds, val_ds
+        self.val_coords = np.asarray(val_coords, dtype=np.float64)
+        self.batch_size, self.workers, self.seed = batch_size, workers, seed
+
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        world = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        sampler = DistributedSampler(
+            ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed
+        )
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.workers,
+            collate_fn=collate_skip_bad,
+            drop_last=train and len(sampler) > self.batch_size,  # no 1-image BatchNorm batches
+            pin_memory=torch.cuda.is_available(),
+            # fresh workers each epoch: their seeds come from the epoch's reseeded RNG
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_ds, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_ds, train=False)
+
+
+@dataclass
+class DataReport:
+    """Which manifest rows a run uses; rows outside the kept cells are counted, not hidden."""
+
+    n_train: int
+    n_val: int
+    n_train_outside: int  # excluded from training: no class to learn
+    n_val_outside: int  # kept in validation: no loss, never a hit, but their distance counts
+    n_other: int  # rows of other splits (test), untouched
+
+    def lines(self) -> list[str]:
+        return [
+            f"train images: {self.n_train:,} ({self.n_train_outside:,} outside the kept cells, "
+            "excluded)",
+            f"val images:   {self.n_val:,} ({self.n_val_outside:,} outside the kept cells: counted "
+            "as misses)",
+            f"other rows:   {self.n_other:,} (test split, not used)",
+        ]
+
+
+def build_datamodule(
+    manifest: pd.DataFrame,
+    cells: CellPartition,
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: TrainConfig,
+) -> tuple[GeoDataModule, DataReport]:
+    """Label the manifest's train/val rows with the cells and wrap them as image datasets."""
+    split = manifest["split"].to_numpy()
+    labels = cells.assign(manifest["latitude"].to_numpy(), manifest["longitude"].to_numpy())
+    is_train, is_val = split == "train", split == "val"
+    keep = is_train & (labels >= 0)
+    report = DataReport(
+        n_train=int(keep.sum()),
+        n_val=int(is_val.sum()),
+        n_train_outside=int((is_train & (labels < 0)).sum()),
+        n_val_outside=int((is_val & (labels < 0)).sum()),
+        n_other=int((~is_train & ~is_val).sum()),
+    )
+    if report.n_train == 0:
+        raise GeovitError(
+            "no training images fall inside the cells: build the cells from this manifest's "
+            "train split (`geovit cells build`)"
+        )
+    if report.n_val == 0:
+        raise GeovitError("the manifest has no 'val' rows: load it with a --val-fraction > 0")
+    images = manifest["image"].to_numpy(dtype=object)
+    train_tf = build_transform(image_size, mean, std, train=True, hflip=config.hflip)
+    val_tf = build_transform(image_size, mean, std, train=False)
+    val_coords = manifest.loc[is_val, ["latitude", "longitude"]].to_numpy(dtype=np.float64)
+    dm = GeoDataModule(
+        ImageDataset(images[keep], labels[keep], train_tf),
+        ImageDataset(images[is_val], labels[is_val], val_tf),
+        val_coords,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        seed=config.seed,
+    )
+    return dm, report
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_ckpt: Path
+    last_ckpt: Path
+    model_path: Path
+    best: dict = field(default_factory=dict)  # val metrics of the best epoch
+    epochs: int = 0
+
+
+def fit(
+    module: GeoViTModule,
+    datamodule: GeoDataModule,
+    out_dir: str | Path,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Run Lightning: stages, best/last checkpoints, CSV + TensorBoard logs, then model.pt."""
+    cfg = module.config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume is not None:
+        _check_resumable(resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_cb = ModelCheckpoint(
+        dirpath=out, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True
+    )
+    all_callbacks: list[Callback] = [
+        ckpt_cb,
+        StageSchedule(),
+        ReseedEachEpoch(cfg.seed),
+        LearningRateMonitor(logging_interval="epoch"),
+        *callbacks,
+    ]
+    if progress:
+        all_callbacks.append(RichProgressBar())
+    on_cpu = cfg.accelerator == "cpu" or not torch.cuda.is_available()
+    trainer = L.Trainer(
+        default_root_dir=out,
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        # frozen stages leave parameters without gradients: DDP must look for them
+        strategy=DDPStrategy(find_unused_parameters=True) if cfg.distributed else "auto",
+        precision=cfg.precision,
+        gradient_clip_val=cfg.grad_clip,
+        # adaptive_avg_pool2d's CUDA backward has no deterministic kernel: warn there
+        deterministic=True if on_cpu else "warn",
+        callbacks=all_callbacks,
+        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")],
+        enable_progress_bar=progress,
+        use_distributed_sampler=False,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
+        log_every_n_steps=10,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=resume is not None)
+    best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else out / "last.ckpt"
+    model_path = out / "model.pt"
+    if trainer.is_global_zero:
+        save_checkpoint(model_path, load_checkpoint(best))
+    trainer.strategy.barrier()
+    return TrainResult(
+        out_dir=out,
+        best_ckpt=best,
+        last_ckpt=out / "last.ckpt",
+        model_path=model_path,
+        best=load_checkpoint(best).train.get("val", {}) if trainer.is_global_zero else {},
+        epochs=trainer.current_epoch,
+    )
+
+
+def _check_resumable(path: str | Path) -> None:
+    raw = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    if "optimizer_states" not in raw or "loops" not in raw:
+        raise GeovitError(
+            f"{path} has no training state to resume from: pass the run's last.ckpt "
+            "(model.pt holds weights only)"
+        )
+
+
+def train(
+    manifest: pd.DataFrame,
+    cells: CellPartition,
+    out_dir: str | Path,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[TrainResult, DataReport]:
+    """Train GeoViT on a manifest's train split, validating on its val split each epoch."""
+    module = GeoViTModule(model_config, cells, config)
+    mean, std = module.model.normalization
+    dm, report = build_datamodule(
+        manifest, cells, image_size=model_config.image_size, mean=mean, std=std, config=config
+    )
+    module.data_info = dataclasses.asdict(report)
+    return fit(module, dm, out_dir, resume=resume, progress=progress), report
+
+
+def resume_model(path: str | Path) -> tuple[ModelConfig, CellPartition]:
+    """The model config and cells of a run to resume (weights then come from the file)."""
+    ckpt = load_checkpoint(path)
+    return ckpt.config, ckpt.cells
+
+
+__all__ = [
+    "PARTS",
+    "STAGES",
+    "TRAINABLE",
+    "DataReport",
+    "GeoDataModule",
+    "GeoViTModule",
+    "ReseedEachEpoch",
+    "StageSchedule",
+    "TrainConfig",
+    "TrainResult",
+    "build_datamodule",
+    "epoch_seed",
+    "fit",
+    "param_groups",
+    "resume_model",
+    "train",
+]

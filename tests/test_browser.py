@@ -1,0 +1,148 @@
+"""End to end: the web page in headless Chromium against a live server on loopback.
+
+Uploads photos through the file chooser and by drag and drop, and checks what a user sees (the
+top-k list, the map, the heatmap) against the Predictor called directly. Every request the page
+makes outside the server is blocked and recorded: the page must work offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from geovit.predictor import Predictor
+from geovit.serve import background_server, create_app
+from test_serve import build_checkpoint
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason="no Chromium at /usr/bin/chromium (install Debian's `chromium`; `make test` tries)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_cells, tmp_path_factory) -> Predictor:
+    ckpt = build_checkpoint(tiny_cells, tmp_path_factory.mktemp("browser") / "model.pt")
+    return Predictor.from_checkpoint(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    with background_server(create_app(predictor)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page on the app; requests leaving the server are aborted and listed in
+    page.offsite, console errors in page.errors."""
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    pg = context.new_page()
+    pg.offsite, pg.errors = [], []
+
+    def guard(route):
+        url = route.request.url
+        if url.startswith(server) or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            pg.offsite.append(url)
+            route.abort()
+
+    pg.route("**/*", guard)
+    pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+    pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
+    pg.goto(f"{server}/")
+    pg.wait_for_selector("body[data-ready=true]")
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def photos(tiny_world):
+    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[:2]
+
+
+def drop_file(page, name: str, data: bytes, mime: str) -> None:
+    """Drag and drop a file onto the drop zone, as a user would from the desktop."""
+    transfer = page.evaluate_handle(
+        """([name, b64, mime]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: mime }));
+            return dt;
+        }""",
+        [name, base64.b64encode(data).decode(), mime],
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+
+
+def test_upload_shows_top_k_map_and_heatmap(page, predictor, photos, tmp_path):
+    page.set_input_files("#file-input", str(photos[0]))
+    page.wait_for_function("document.querySelectorAll('#topk li').length === 5")
+    page.wait_for_selector("#heatmap[data-loaded=true]", state="visible")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+    ref = predictor.predict(Image.open(photos[0]), top_k=5)  # decoded as the server does
+    items = page.locator("#topk li")
+    assert [items.nth(i).get_attribute("data-token") for i in range(5)] == ref.tokens
+    first = items.nth(0).inner_text()
+    assert ref.names[0] in first and f"{100 * ref.probs[0]:.1f}%" in first
+    assert f"{abs(ref.best_lat):.3f}" in page.inner_text("#best-guess")
+
+    assert page.locator("#map path.cell").count() == len(predictor.cells)
+    pred_cells = page.locator("#map path.cell-pred")
+    assert sorted(pred_cells.nth(i).get_attribute("data-token") for i in range(5)) == sorted(
+        ref.tokens
+    )
+    assert page.locator("#map path.best").count() == 1
+    assert page.locator("#map .base-coastline").count() == 1  # the embedded basemap drew
+    size = page.eval_on_selector("#heatmap", "img => [img.naturalWidth, img.naturalHeight]")
+    assert size == [predictor.image_size, predictor.image_size]
+    assert page.offsite == [] and page.errors == []
+
+
+def test_drop_bad_file_then_good_photo(page, predictor, photos):
+    drop_file(page, "notes.txt", b"not a photo at all", "text/plain")
+    page.wait_for_selector("#error", state="visible")
+    assert "not an image" in page.inner_text("#error")
+    assert page.locator("#topk li").count() == 0
+    assert page.locator("#map path.cell-pred").count() == 0
+
+    buf = io.BytesIO()
+    Image.open(photos[1]).save(buf, format="PNG")
+    drop_file(page, "street.png", buf.getvalue(), "image/png")
+    page.wait_for_function("document.querySelectorAll('#topk li').length === 5")
+    assert page.is_hidden("#error")
+    ref = predictor.predict(Image.open(buf), top_k=5)
+    tokens = page.eval_on_selector_all("#topk li", "els => els.map((e) => e.dataset.token)")
+    assert tokens == ref.tokens
+    assert page.offsite == []

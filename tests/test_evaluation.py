@@ -1,0 +1,165 @@
+"""evaluate / calibrate end to end on the tiny world with a random small model (plumbing).
+
+Metric formulas are tested on hand-made arrays in test_metrics.py; here the question is whether
+the streamed evaluation sees every image once, in the right order, with the right labels.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import geovit
+from geovit import evaluation
+from geovit.checkpoint import load_checkpoint
+from geovit.cli import app
+from geovit.data.images import build_transform, decode_image
+from geovit.data.manifest import load_manifest
+from geovit.errors import GeovitError
+from geovit.metrics import GeoMetrics, reverse_geocode
+from test_predictor import build_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_cells, tmp_path_factory) -> Path:
+    return build_checkpoint(tiny_cells, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt):
+    return geovit.load(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_world):
+    return load_manifest(tiny_world)[0]
+
+
+@pytest.fixture(scope="module")
+def metrics(predictor, manifest):
+    return evaluation.evaluate(predictor, manifest, "test", batch_size=16, ks=(1, 3, 5))
+
+
+def test_evaluate_equals_one_shot_reference(predictor, manifest, metrics):
+    rows = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    transform = build_transform(predictor.image_size, predictor.mean, predictor.std, train=False)
+    x = torch.stack([transform(decode_image(Path(p).read_bytes())) for p in rows["image"]])
+    with torch.no_grad():
+        logits = predictor.model(x).numpy()
+    lat, lon = rows["latitude"].to_numpy(), rows["longitude"].to_numpy()
+    cells = predictor.cells
+    ref = GeoMetrics(cells.centroid_lat, cells.centroid_lon, ks=(1, 3, 5))
+    truth = {
+        c.removeprefix("unique_"): rows[c].to_numpy(object) for c in rows if c.startswith("unique_")
+    }
+    ref.update(logits, cells.assign(lat, lon), lat, lon, {**reverse_geocode(lat, lon), **truth})
+    expected = ref.compute()
+
+    assert metrics["n_split_images"] == len(rows) == metrics["n_images"]
+    assert metrics["n_unreadable"] == 0
+    assert metrics["n_outside_cells"] == int((cells.assign(lat, lon) < 0).sum())
+    assert metrics["cell_accuracy"] == expected["cell_accuracy"]
+    assert metrics["place_accuracy"] == expected["place_accuracy"]
+    counts = [[b["count"] for b in m["calibration"]["bins"]] for m in (metrics, expected)]
+    assert counts[0] == counts[1]
+    for key in ("mean_km", "median_km"):
+        assert metrics["distance"][key] == pytest.approx(expected["distance"][key], rel=1e-5)
+    assert metrics["cross_entropy"] == pytest.approx(expected["cross_entropy"], rel=1e-4)
+    assert metrics["calibration"]["ece"] == pytest.approx(expected["calibration"]["ece"], abs=1e-5)
+
+
+def test_two_runs_are_identical(predictor, manifest, metrics):
+    again = evaluation.evaluate(predictor, manifest, "test", batch_size=16, ks=(1, 3, 5))
+    assert json.dumps(again, sort_keys=True) == json.dumps(metrics, sort_keys=True)
+
+
+def test_unreadable_images_are_counted(predictor, manifest, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really")
+    damaged = manifest.copy()
+    test_idx = damaged.index[damaged["split"] == "test"]
+    damaged.loc[test_idx[1], "image"] = str(broken)
+    damaged.loc[test_idx[4], "image"] = str(tmp_path / "gone.jpg")
+    out = evaluation.evaluate(predictor, damaged, "test", batch_size=4, places=False)
+    assert out["n_unreadable"] == 2
+    assert out["n_images"] == len(test_idx) - 2
+    assert "place_accuracy" not in out
+
+
+def test_unknown_split_is_a_clear_error(predictor, manifest):
+    with pytest.raises(GeovitError, match="no 'holdout' images"):
+        evaluation.evaluate(predictor, manifest, "holdout")
+
+
+def test_writers(metrics, tmp_path):
+    paths = evaluation.write_outputs(metrics, tmp_path / "out", title="tiny")
+    assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(metrics))
+    md = paths["markdown"].read_text()
+    assert "6371 km" in md and "d < X (strict)" in md
+    top1 = metrics["cell_accuracy"]["all_images"]["top1"]
+    assert f"{100 * top1:.2f}%" in md
+    with Image.open(paths["reliability"]) as png:
+        assert png.format == "PNG" and png.size[0] > 300
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "metrics.json",
+        "metrics.md",
+        "reliability.png",
+    ]
+
+
+def test_calibrate_fits_on_raw_logits(predictor, manifest):
+    fit = evaluation.calibrate(predictor, manifest, "val", batch_size=8, max_images=12)
+    assert fit.n_images <= 12
+    assert fit.nll_after <= fit.nll_before + 1e-12
+    predictor.temperature = 4.0  # an existing temperature must not leak into the new fit
+    try:
+        again = evaluation.calibrate(predictor, manifest, "val", batch_size=8, max_images=12)
+    finally:
+        predictor.temperature = 1.0
+    assert again.temperature == pytest.approx(fit.temperature, rel=1e-6)
+
+
+def test_cli_evaluate_and_calibrate(ckpt, tiny_world, tmp_path):
+    model = Path(shutil.copy(ckpt, tmp_path / "model.pt"))
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        ["calibrate", "-c", str(model), "-d", str(tiny_world), "--max-images", "10"],
+    )
+    assert res.exit_code == 0, res.output
+    stored = load_checkpoint(model).temperature
+    assert stored != 1.0 and f"{stored:.4f}" in res.stdout
+
+    out = tmp_path / "eval"
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "-c",
+            str(model),
+            "-d",
+            str(tiny_world),
+            "--top-k",
+            "1,2",
+            "--out",
+            str(out),
+            "--no-places",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["temperature"] == pytest.approx(stored)
+    assert set(written["cell_accuracy"]["all_images"]) == {"top1", "top2"}
+    assert "Cell accuracy" in res.stdout and "6371" in res.stdout
+
+    res = runner.invoke(
+        app, ["evaluate", "-c", str(model), "-d", str(tiny_world), "--top-k", "0", "-o", str(out)]
+    )
+    assert res.exit_code == 2 and "--top-k" in res.stderr
+    assert load_checkpoint(model).temperature == stored  # a failed command changes nothing

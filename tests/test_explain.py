@@ -1,0 +1,165 @@
+"""Occlusion heatmaps: against a model with a known answer, against captum, fast vs fp32."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from captum.attr import Occlusion
+from PIL import Image
+
+from geovit.cells import CellPartition
+from geovit.errors import GeovitError
+from geovit.explain import (
+    explain_image,
+    occlusion,
+    parse_fill,
+    probability_fn,
+    render_explanation,
+    window_starts,
+)
+from geovit.model import GeoViT, model_config
+from geovit.predictor import Predictor
+
+matplotlib.use("Agg")
+
+REGION = (slice(20, 36), slice(40, 60))  # rows, cols the RegionModel looks at
+
+
+class RegionModel(torch.nn.Module):
+    """Logit of class 0 = 4 * mean of the image over REGION; class 1 = 0: p(0) depends only on
+    that region, so occlusion must light up there and nowhere else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = 4 * x[:, :, REGION[0], REGION[1]].mean(dim=(1, 2, 3))
+        return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+def small_cnn(num_classes: int = 10) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 5, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(256, num_classes),
+    ).eval()
+
+
+def test_heatmap_peaks_at_the_region_the_model_uses():
+    image = torch.rand(3, 80, 96) + 0.5  # positive everywhere: occluding with 0 lowers logit 0
+    heat = occlusion(probability_fn(RegionModel()), image, 0, patch=12, stride=4)
+    assert heat.shape == (80, 96)
+    iy, ix = np.unravel_index(int(heat.argmax()), heat.shape)
+    assert REGION[0].start <= iy < REGION[0].stop and REGION[1].start <= ix < REGION[1].stop
+    assert heat[REGION].min() > 0
+    # Pixels whose every covering window misses the region get exactly zero.
+    ys, xs = window_starts(80, 12, 4), window_starts(96, 12, 4)
+    touch_y = {y for y in ys if y < REGION[0].stop and y + 12 > REGION[0].start}
+    touch_x = {x for x in xs if x < REGION[1].stop and x + 12 > REGION[1].start}
+    far = np.ones((80, 96), bool)
+    for y in touch_y:
+        for x in touch_x:
+            far[y : y + 12, x : x + 12] = False
+    assert far.any() and np.all(heat.numpy()[far] == 0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "patch", "stride", "fill"),
+    [((64, 64), 16, 8, None), ((70, 53), 16, 5, (0.3, -1.0, 2.0))],
+)
+def test_equals_captum_occlusion(shape, patch, stride, fill):
+    torch.manual_seed(1)
+    image = torch.randn(3, *shape)
+    fn = probability_fn(small_cnn())
+    target = 3
+    ours = occlusion(fn, image, target, patch=patch, stride=stride, fill=fill, batch_size=7)
+    base = torch.zeros(1, 3, *shape) if fill is None else torch.tensor(fill).view(1, 3, 1, 1)
+    ref = Occlusion(fn).attribute(
+        image[None],
+        sliding_window_shapes=(3, patch, patch),
+        strides=(3, stride, stride),
+        baselines=base.expand(1, 3, *shape).contiguous(),
+        target=target,
+        perturbations_per_eval=16,
+    )[0]
+    assert torch.allclose(ref[0], ref[2])  # the window spans all channels
+    assert ours.abs().max() > 1e-4  # a real signal, not all zeros
+    torch.testing.assert_close(ours, ref[0], rtol=0, atol=1e-6)
+
+
+def test_window_grid_matches_captum_rule():
+    for size, patch, stride in [(224, 32, 8), (128, 32, 8), (53, 16, 5), (16, 16, 3)]:
+        starts = window_starts(size, patch, stride)
+        assert len(starts) == math.ceil((size - patch) / stride) + 1
+        assert starts[-1] + patch >= size  # every pixel covered
+    with pytest.raises(GeovitError):
+        window_starts(32, 48, 8)
+    with pytest.raises(GeovitError):
+        window_starts(64, 8, 16)
+
+
+def test_fast_mode_correlates_with_fp32():
+    torch.manual_seed(0)
+    model = GeoViT(model_config("small", 10, image_size=64)).eval()
+    image = torch.randn(3, 64, 64)
+    fn = probability_fn(model)
+    with torch.inference_mode():
+        target = int(fn(image[None])[0].argmax())
+    slow = occlusion(fn, image, target, patch=16, stride=8)
+    fast = occlusion(fn, image, target, patch=16, stride=8, fast=True)
+    assert fast.dtype == torch.float32
+    r = np.corrcoef(slow.flatten().numpy(), fast.flatten().numpy())[0, 1]
+    assert r >= 0.99, r
+    assert not torch.equal(slow, fast)  # bf16 really ran
+
+
+def test_parse_fill():
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    assert parse_fill("mean", mean, std) is None
+    got = parse_fill("255,0,51", mean, std)
+    torch.testing.assert_close(
+        got, torch.tensor([(1 - 0.5) / 0.2, (0 - 0.4) / 0.25, (0.2 - 0.3) / 0.5])
+    )
+    for bad in ("1,2", "red", "0,0,300"):
+        with pytest.raises(GeovitError):
+            parse_fill(bad, mean, std)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(33, 47, 3000), rng.uniform(-123, -105, 3000)
+    cells = CellPartition.build(lat, lon, t1=400, t2=20)
+    torch.manual_seed(0)
+    model = GeoViT(model_config("small", len(cells), image_size=64))
+    return Predictor(model, cells, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 64, device="cpu")
+
+
+def test_explain_image_and_render(predictor, tmp_path):
+    photo = tmp_path / "p.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), np.uint8)).save(photo)
+    lat, lon = 40.0, -110.0
+    expl = explain_image(predictor, photo, lat=lat, lon=lon, patch=16, stride=8)
+    assert expl.target_kind == "true"
+    assert expl.target == int(predictor.cells.assign(np.array([lat]), np.array([lon]))[0])
+    assert expl.token == predictor.cells.tokens[expl.target]
+    assert expl.heatmap.shape == (64, 64) and expl.photo.shape == (60, 90, 3)
+    probs = predictor.predict_proba(predictor.preprocess(photo)[None])[0]
+    assert expl.prob == pytest.approx(float(probs[expl.target]), rel=1e-6)
+    top = explain_image(predictor, photo, patch=16, stride=8)
+    assert top.target_kind == "top" and top.target == int(probs.argmax())
+    fig = render_explanation(expl, tmp_path / "out" / "heat.png")
+    assert expl.token in fig._suptitle.get_text()
+    png = tmp_path / "out" / "heat.png"
+    assert png.stat().st_size > 20_000
+    assert Image.open(png).size[0] > 500
+    with pytest.raises(GeovitError, match="--lat"):
+        explain_image(predictor, photo, target="true")
+    with pytest.raises(GeovitError, match="no cell"):
+        explain_image(predictor, photo, lat=-40.0, lon=20.0)

@@ -1,0 +1,205 @@
+"""Probability maps: projections, basemap, agreement with predict, offline PNG and HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from geovit.basemap import load_basemap
+from geovit.cells import CellPartition
+from geovit.checkpoint import save_checkpoint
+from geovit.errors import GeovitError
+from geovit.geo import EARTH_RADIUS_KM, latlon_to_xyz
+from geovit.maps import (
+    Projection,
+    cell_value_map,
+    choose_projection,
+    densify,
+    map_image,
+    probability_map,
+    probability_map_html,
+)
+from geovit.model import GeoViT, model_config
+from geovit.predictor import Predictor
+
+matplotlib.use("Agg")
+
+
+def _shoelace(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return 0.5 * np.abs((x * np.roll(y, -1, -1) - np.roll(x, -1, -1) * y).sum(-1))
+
+
+@pytest.mark.parametrize(
+    "proj",
+    [
+        Projection("albers", lon0=-112, lat0=39, lat1=33, lat2=45),
+        Projection("equal_earth", lon0=0),
+        Projection("equal_earth", lon0=150),
+    ],
+)
+def test_projections_are_equal_area(proj):
+    """A small lat/lon box has spherical area R^2 dlon (sin lat2 - sin lat1) (hand formula)."""
+    lat0 = np.array([-60.0, -10.0, 0.0, 25.0, 47.0, 70.0])
+    lon0 = proj.lon0 + np.array([-150.0, -40.0, 3.0, 10.0, 60.0, 120.0]) / (
+        4 if proj.kind == "albers" else 1
+    )
+    d = 0.05
+    lat = np.stack([lat0, lat0, lat0 + d, lat0 + d], 1)
+    lon = np.stack([lon0, lon0 + d, lon0 + d, lon0], 1)
+    x, y = proj(lat, lon)
+    sphere = EARTH_RADIUS_KM**2 * np.radians(d) * (np.sin(np.radians(lat0 + d)) - np.sin(np.radians(lat0)))
+    np.testing.assert_allclose(_shoelace(x, y), sphere, rtol=2e-3)
+
+
+def test_albers_true_scale_on_standard_parallels():
+    proj = Projection("albers", lon0=-100, lat0=40, lat1=30, lat2=50)
+    for phi in (30.0, 50.0):
+        x, y = proj(np.array([phi, phi]), np.array([-100.0, -99.0]))
+        np.testing.assert_allclose(
+            np.hypot(np.diff(x), np.diff(y)), EARTH_RADIUS_KM * np.radians(1) * np.cos(np.radians(phi)), rtol=1e-4
+        )
+
+
+def test_choose_projection_by_extent():
+    west_us = choose_projection(np.array([31.0, 49.0]), np.array([-125.0, -102.0]))
+    assert west_us.kind == "albers" and -120 < west_us.lon0 < -108
+    assert 31 < west_us.lat1 < west_us.lat2 < 49
+    world = choose_projection(np.array([-50.0, 70.0]), np.array([-170.0, 175.0]))
+    assert world.kind == "equal_earth"
+    pacific = choose_projection(np.array([-45.0, -35.0]), np.array([170.0, -175.0]))
+    assert pacific.kind == "albers" and abs(abs(pacific.lon0) - 177.5) < 1e-6
+
+
+def test_densified_edges_lie_on_great_circles():
+    lat = np.array([[10.0, 10.0, 30.0, 30.0]])
+    lon = np.array([[-20.0, 20.0, 20.0, -20.0]])
+    dlat, dlon = densify(lat, lon, n=5)
+    assert dlat.shape == (1, 20)
+    pts = latlon_to_xyz(dlat[0], dlon[0])
+    a, b = latlon_to_xyz(lat[0, :2], lon[0, :2])
+    normal = np.cross(a, b)
+    np.testing.assert_allclose(pts[:5] @ normal, 0, atol=1e-12)  # first edge
+    assert dlat[0, 2] > 10.5  # the geodesic bulges poleward of the parallel
+
+
+def _segment_distance_deg(lines: list[np.ndarray], lat: float, lon: float) -> float:
+    """Smallest distance (in local-degree units) from a point to any segment of the lines."""
+    p = np.array([lon * np.cos(np.radians(lat)), lat])
+    best = np.inf
+    for line in lines:
+        q = line * [np.cos(np.radians(lat)), 1.0]
+        a, b = q[:-1], q[1:]
+        ab = b - a
+        t = np.clip(((p - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-18), 0, 1)
+        best = min(best, float(np.hypot(*(a + t[:, None] * ab - p).T).min()))
+    return best
+
+
+def test_basemap_has_us_state_lines_and_borders():
+    us = load_basemap((-125.0, 30.0, -100.0, 50.0))
+    admin1 = us.lines("admin1", (-125.0, 30.0, -100.0, 50.0))
+    # Oregon-California (42 N), Utah-Arizona (37 N), Colorado-Wyoming (41 N): on a state line.
+    for lat, lon in [(42.0, -121.5), (37.0, -112.0), (41.0, -106.0)]:
+        assert _segment_distance_deg(admin1, lat, lon) < 0.05
+    # The middle of Nevada and of Utah are far from any state line.
+    for lat, lon in [(39.3, -116.8), (39.3, -111.6)]:
+        assert _segment_distance_deg(admin1, lat, lon) > 0.5
+    # The US-Canada border along 49 N, in both the detailed and the world lines.
+    world = load_basemap()
+    for bm in (us, world):
+        assert _segment_distance_deg(bm.lines("admin0"), 49.0, -110.0) < 0.05
+    assert _segment_distance_deg(world.lines("coastline"), 51.5, 1.3) < 0.5  # Kent coast
+    assert "Natural Earth" in us.attribution
+
+
+def test_basemap_folder_errors(tmp_path):
+    with pytest.raises(GeovitError):  # pyshp missing, or no shapefiles in the folder
+        load_basemap(source=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_cells, tmp_path_factory) -> Predictor:
+    cells = CellPartition.load(tiny_cells)
+    torch.manual_seed(0)
+    model = GeoViT(model_config("small", len(cells), image_size=64))
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", model, cells)
+    return Predictor.from_checkpoint(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo(tiny_world) -> Path:
+    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[0]
+
+
+@pytest.fixture()
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_map_agrees_with_predict(predictor, photo, tmp_path, offline):
+    lat, lon = 40.7, -111.9
+    png, page = tmp_path / "map.png", tmp_path / "map.html"
+    cmap = map_image(predictor, photo, lat=lat, lon=lon, top_k=4, png=png, html_path=page)
+    pred = predictor.predict(photo, top_k=4)
+    np.testing.assert_allclose(cmap.probs, pred.all_probs, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(cmap.top, pred.indices)
+    # The coloured polygons carry exactly these probabilities, cell by cell.
+    ax = cmap.figure.axes[0]
+    np.testing.assert_allclose(np.asarray(ax.collections[0].get_array()), pred.all_probs, rtol=1e-6)
+    labels = " ".join(t.get_text() for t in ax.texts)
+    assert all(tok in labels for tok in pred.tokens)
+    assert png.stat().st_size > 30_000 and Image.open(png).size[0] > 600
+    text = page.read_text()
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)[1])
+    np.testing.assert_allclose(data["probs"], pred.all_probs, rtol=1e-5)
+    assert data["top"] == [int(i) for i in pred.indices]
+    assert data["tokens"] == [str(t) for t in predictor.cells.tokens]
+    assert data["truth"] is not None
+
+
+def test_html_is_self_contained(predictor, tmp_path, offline):
+    k = len(predictor.cells)
+    probs = np.full(k, 1.0 / k)
+    page = probability_map_html(predictor.cells, probs, title="<evil & title>", path=tmp_path / "m.html")
+    assert (tmp_path / "m.html").read_text() == page
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert not re.search(r"<link[^>]*\bhref=", page)
+    assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", page)  # only the SVG namespace
+    assert "<evil &amp; title>" not in page and "&lt;evil &amp; title&gt;" in page
+    assert page.count('data-i="') == k
+    assert "admin1" in page and "coastline" in page
+
+
+def test_world_and_value_maps_render(tmp_path, offline):
+    rng = np.random.default_rng(0)
+    lat = np.degrees(np.arcsin(rng.uniform(-0.8, 0.95, 3000)))
+    lon = rng.uniform(-180, 180, 3000)
+    cells = CellPartition.build(lat, lon, t1=200, t2=10)
+    probs = rng.dirichlet(np.ones(len(cells)))
+    m = probability_map(cells, probs, lat=-33.9, lon=151.2, log=True, path=tmp_path / "w.png")
+    assert m.projection.kind == "equal_earth"
+    assert (tmp_path / "w.png").stat().st_size > 30_000
+    acc = rng.random(len(cells))
+    acc[::3] = np.nan
+    fig = cell_value_map(
+        cells, acc, label="accuracy", title="acc", vmin=0, vmax=1, path=tmp_path / "a.png"
+    )
+    arr = fig.axes[0].collections[0].get_array()
+    assert np.ma.count_masked(arr) == int(np.isnan(acc).sum())
+    assert (tmp_path / "a.png").stat().st_size > 30_000
+    with pytest.raises(GeovitError, match="cells"):
+        probability_map(cells, probs[:-1])

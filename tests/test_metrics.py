@@ -1,0 +1,281 @@
+"""Metric formulas against hand computation and brute-force references."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from geovit import metrics
+from geovit.metrics import (
+    Calibration,
+    CellAccuracy,
+    Concentration,
+    DistanceError,
+    GeoMetrics,
+    PlaceAccuracy,
+    expected_calibration_error,
+    log_softmax,
+    neighbours_within,
+    topk_indices,
+)
+
+R = 6371.0
+KM_PER_DEG = R * math.pi / 180.0
+
+
+def _chord_km(lat1, lon1, lat2, lon2):
+    """Great-circle distance through the chord of unit vectors (independent of haversine)."""
+
+    def xyz(lat, lon):
+        la, lo = np.radians(lat), np.radians(lon)
+        return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], -1)
+
+    chord = np.linalg.norm(xyz(lat1, lon1) - xyz(lat2, lon2), axis=-1)
+    return 2 * R * np.arcsin(np.clip(chord / 2, 0, 1))
+
+
+def _assert_close_nested(a, b):
+    """Same keys everywhere, numbers equal up to float summation order."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _assert_close_nested(a[key], b[key])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_close_nested(x, y)
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+    else:
+        assert a == b
+
+
+def test_cell_accuracy_hand_case():
+    logits = np.array(
+        [
+            [0.1, 2.0, 0.5, -1.0],  # label 1: top-1
+            [3.0, 1.0, 2.0, 0.0],  # label 2: rank 1 -> top-3 only
+            [0.0, 5.0, 0.0, 0.0],  # label -1: outside every cell
+            [0.0, 0.0, 0.0, 0.0],  # label 0: all tied -> counted against the true class
+        ]
+    )
+    labels = np.array([1, 2, -1, 0])
+    acc = CellAccuracy(ks=(1, 3))
+    acc.update(log_softmax(logits), labels)
+    out = acc.compute()
+    assert (out["n_images"], out["n_outside_cells"], out["n_in_cell"]) == (4, 1, 3)
+    assert out["cell_accuracy"]["all_images"] == {"top1": 1 / 4, "top3": 2 / 4}
+    assert out["cell_accuracy"]["in_cell_images"] == {"top1": 1 / 3, "top3": 2 / 3}
+
+    def nll(z, y):
+        return math.log(sum(math.exp(v) for v in z)) - z[y]
+
+    expected = (nll(logits[0], 1) + nll(logits[1], 2) + nll(logits[3], 0)) / 3
+    assert out["cross_entropy"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_cell_accuracy_matches_sorting_reference_and_torch_ce():
+    rng = np.random.default_rng(0)
+    n, k = 700, 60
+    logits = rng.normal(size=(n, k)) * 3
+    labels = rng.integers(-1, k, size=n)  # about 1 in 61 outside
+    labels[:20] = -1
+    inside = labels >= 0
+    logits[np.nonzero(inside)[0], labels[inside]] += 4.0  # informative, so accuracies are not ~0
+    ks = (1, 2, 5, 10)
+
+    streamed = CellAccuracy(ks)
+    for start, stop in [(0, 1), (1, 100), (100, 333), (333, n)]:
+        streamed.update(log_softmax(logits[start:stop]), labels[start:stop])
+    once = CellAccuracy(ks)
+    once.update(log_softmax(logits), labels)
+    _assert_close_nested(streamed.compute(), once.compute())
+
+    order = np.argsort(-logits, axis=1)
+    out = streamed.compute()
+    for kk in ks:
+        hit = np.array([labels[i] in order[i, :kk] for i in range(n)])
+        assert out["cell_accuracy"]["all_images"][f"top{kk}"] == hit.sum() / n
+        assert out["cell_accuracy"]["in_cell_images"][f"top{kk}"] == hit[inside].mean()
+    ce = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits[inside]), torch.from_numpy(labels[inside])
+    ).item()
+    assert out["cross_entropy"] == pytest.approx(ce, rel=1e-10)
+
+
+def test_topk_indices_matches_full_sort():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(50, 37))
+    for k in (1, 4, 37):
+        np.testing.assert_array_equal(topk_indices(scores, k), np.argsort(-scores, axis=1)[:, :k])
+
+
+def test_distance_error_hand_case():
+    # Points on the equator/meridians, so distances are R * angle exactly.
+    true_lat = np.array([0.0, 0.0, 0.0, 10.0])
+    true_lon = np.array([0.0, 0.0, 0.0, 20.0])
+    pred_lat = np.array([0.0, 0.0, 0.0, 12.0])
+    pred_lon = np.array([0.0, 1.0, 180.0, 20.0])
+    d = np.array([0.0, KM_PER_DEG, 180 * KM_PER_DEG, 2 * KM_PER_DEG])  # 0, 111.19, 20015.1, 222.4
+    acc = DistanceError(thresholds_km=(0.0, 1.0, 200.0, 250.0, 25000.0))
+    acc.update(true_lat[:2], true_lon[:2], pred_lat[:2], pred_lon[:2])
+    acc.update(true_lat[2:], true_lon[2:], pred_lat[2:], pred_lon[2:])
+    out = acc.compute()
+    dist = out["distance"]
+    assert dist["mean_km"] == pytest.approx(d.mean(), rel=1e-9)
+    assert dist["median_km"] == pytest.approx((d[1] + d[3]) / 2, rel=1e-6)  # float32 storage
+    # strict <: a 0 km error is not "within 0 km"
+    assert dist["accuracy_within_km"] == {
+        "0": 0.0,
+        "1": 0.25,
+        "200": 0.5,
+        "250": 0.75,
+        "25000": 1.0,
+    }
+    expected_score = np.mean([5000 * math.exp(-x / 1492.7) for x in d])
+    assert out["geoscore_mean"] == pytest.approx(expected_score, rel=1e-12)
+    assert "6371" in dist["convention"] and "<" in dist["convention"]
+
+
+def test_calibration_hand_case_and_reference():
+    conf = np.array([0.95, 0.95, 0.55, 0.3])
+    correct = np.array([1, 0, 1, 0])
+    expected = 2 / 4 * abs(0.5 - 0.95) + 1 / 4 * abs(1 - 0.55) + 1 / 4 * abs(0 - 0.3)
+    assert expected_calibration_error(conf, correct) == pytest.approx(expected, abs=1e-12)
+
+    cal = Calibration(15)
+    cal.update(conf, correct)
+    bins = cal.compute()["calibration"]["bins"]
+    assert [b["count"] for b in bins if b["count"]] == [1, 1, 2]
+    assert bins[14]["accuracy"] == 0.5 and bins[14]["confidence"] == pytest.approx(0.95)
+
+    # Guo et al.'s loop formulation on random data, fed in two batches.
+    rng = np.random.default_rng(2)
+    conf = rng.uniform(0, 1, 1000)
+    correct = rng.uniform(0, 1, 1000) < conf**1.5
+    edges = np.linspace(0, 1, 16)
+    ref = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ref += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    streamed = Calibration(15)
+    streamed.update(conf[:400], correct[:400])
+    streamed.update(conf[400:], correct[400:])
+    assert streamed.compute()["calibration"]["ece"] == pytest.approx(ref, abs=1e-12)
+
+
+def test_neighbours_within_matches_dense_matrix():
+    rng = np.random.default_rng(3)
+    lat = rng.uniform(30, 50, 300)
+    lon = rng.uniform(-125, -100, 300)
+    indptr, indices = neighbours_within(lat, lon, 200.0, chunk=64)
+    dense = _chord_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :]) < 200.0
+    for i in range(len(lat)):
+        np.testing.assert_array_equal(indices[indptr[i] : indptr[i + 1]], np.nonzero(dense[i])[0])
+
+
+def test_concentration_hand_case():
+    # A and B are 111 km apart, C is 1112 km from A.
+    conc = Concentration(np.array([0.0, 0.0, 0.0]), np.array([0.0, 1.0, 10.0]), radius_km=200.0)
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
+    conc.update(np.log(probs))
+    out = conc.compute()["concentration"]
+    assert out["mass_within_200km"]["mean"] == pytest.approx((0.8 + 0.7) / 2, rel=1e-6)
+    entropies = [-sum(p * math.log(p) for p in row) for row in probs]
+    assert out["entropy_nats"]["mean"] == pytest.approx(np.mean(entropies), rel=1e-6)
+    assert out["entropy_nats"]["median"] == pytest.approx(np.mean(entropies), rel=1e-6)
+
+
+def test_place_accuracy_masks_missing_labels_and_caches(monkeypatch):
+    import reverse_geocoder
+
+    calls: list[int] = []
+    search = reverse_geocoder.search
+
+    def counting_search(coords, *args, **kwargs):
+        calls.append(len(coords))
+        return search(coords, *args, **kwargs)
+
+    monkeypatch.setattr(reverse_geocoder, "search", counting_search)
+    paris, sf = (48.8566, 2.3522), (37.7749, -122.4194)
+    pred_lat = np.array([paris[0], sf[0], sf[0], sf[0]])
+    pred_lon = np.array([paris[1], sf[1], sf[1], sf[1]])
+    truth = {
+        "country": ["FR", "FR", float("nan"), "US"],
+        "region": ["Ile-de-France_FR", "California_US", "", "NaN"],
+    }
+    acc = PlaceAccuracy(levels=("country", "region"))
+    acc.update(pred_lat[:2], pred_lon[:2], {k: v[:2] for k, v in truth.items()})
+    acc.update(pred_lat[2:], pred_lon[2:], {k: v[2:] for k, v in truth.items()})
+    out = acc.compute()["place_accuracy"]
+    assert out["country"] == {"accuracy": 2 / 3, "n_labelled": 3}
+    assert out["region"] == {"accuracy": 1.0, "n_labelled": 2}
+    assert calls == [2]  # the second batch only hit the cache
+
+
+def test_reverse_geocode_format_matches_osv5m_labels():
+    places = metrics.reverse_geocode(np.array([37.7749]), np.array([-122.4194]))
+    assert places["country"][0] == "US"
+    assert places["region"][0] == "California_US"
+    assert places["sub-region"][0].endswith("_California_US")
+    assert places["city"][0].endswith(places["sub-region"][0])
+
+
+def test_geometrics_streaming_equals_brute_force():
+    rng = np.random.default_rng(4)
+    n, k = 400, 40
+    clat, clon = rng.uniform(30, 50, k), rng.uniform(-125, -100, k)
+    logits = rng.normal(size=(n, k)) * 2
+    labels = rng.integers(-1, k, size=n)
+    tlat, tlon = rng.uniform(30, 50, n), rng.uniform(-125, -100, n)
+
+    streamed = GeoMetrics(clat, clon, ks=(1, 5), place_levels=())
+    for start in range(0, n, 64):
+        s = slice(start, start + 64)
+        streamed.update(logits[s], labels[s], tlat[s], tlon[s])
+    out = streamed.compute()
+    once = GeoMetrics(clat, clon, ks=(1, 5), place_levels=())
+    once.update(logits, labels, tlat, tlon)
+    _assert_close_nested(out, once.compute())
+
+    top = np.argsort(-logits, axis=1)[:, 0]
+    d = _chord_km(tlat, tlon, clat[top], clon[top])
+    assert out["distance"]["mean_km"] == pytest.approx(d.mean(), rel=1e-9)
+    assert out["distance"]["median_km"] == pytest.approx(np.median(d), rel=1e-6)
+    for t, v in out["distance"]["accuracy_within_km"].items():
+        assert v == np.mean(d < float(t))
+    p = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    conf = p.max(1)
+    assert out["calibration"]["ece"] == pytest.approx(
+        expected_calibration_error(conf, top == labels), abs=1e-12
+    )
+    near = _chord_km(clat[top][:, None], clon[top][:, None], clat[None], clon[None]) < 200
+    mass = (p * near).sum(1)
+    assert out["concentration"]["mass_within_200km"]["mean"] == pytest.approx(mass.mean(), rel=1e-6)
+    assert out["n_images"] == n and out["n_outside_cells"] == int((labels < 0).sum())
+
+
+def test_temperature_fit_recovers_overconfidence():
+    from geovit.calibration import fit_temperature, nll_at
+
+    rng = np.random.default_rng(5)
+    n, k = 4000, 20
+    true_logits = rng.normal(size=(n, k)) * 1.5
+    p = torch.softmax(torch.from_numpy(true_logits), 1).numpy()
+    # Labels drawn from softmax(true_logits): that distribution is calibrated by construction.
+    labels = (p.cumsum(1) > rng.uniform(size=(n, 1))).argmax(1)
+    labels[:50] = -1  # no class: ignored by the fit
+    fit = fit_temperature(true_logits * 3.0, labels)
+    assert fit.temperature == pytest.approx(3.0, rel=0.08)
+    assert fit.n_images == n - 50
+    assert fit.ece_after < fit.ece_before / 3
+    assert fit.nll_after < fit.nll_before
+    # A minimum: nudging T either way does not lower the NLL.
+    inside = labels >= 0
+    for t in (fit.temperature * 0.97, fit.temperature * 1.03):
+        assert nll_at(true_logits[inside] * 3.0, labels[inside], t) >= fit.nll_after

@@ -1,0 +1,216 @@
+"""Predictor and `geovit predict` on a randomly initialised small model (plumbing, not accuracy)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import geovit
+from geovit.cells import CellPartition
+from geovit.checkpoint import save_checkpoint, set_temperature
+from geovit.cli import app
+from geovit.data.images import build_transform, decode_image
+from geovit.errors import GeovitError
+from geovit.model import GeoViT, model_config
+from geovit.predictor import Prediction, Predictor, expand_images, predict_files
+
+IMAGE_SIZE = 64  # the small preset's layout at a tiny input: fast on CPU
+
+
+def build_checkpoint(cells_path: Path, out: Path, temperature: float = 1.0) -> Path:
+    """A checkpoint of the small preset with random weights over the given cells."""
+    cells = CellPartition.load(cells_path)
+    torch.manual_seed(0)
+    model = GeoViT(model_config("small", len(cells), image_size=IMAGE_SIZE))
+    return save_checkpoint(out, model, cells, temperature=temperature)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_cells, tmp_path_factory) -> Path:
+    return build_checkpoint(tiny_cells, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt) -> Predictor:
+    return geovit.load(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photos(tiny_world) -> list[Path]:
+    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[:3]
+
+
+def _reference_probs(predictor: Predictor, photo: Path, temperature: float) -> np.ndarray:
+    """softmax(model(eval transform(photo)) / T), from the model and the data module directly."""
+    x = build_transform(predictor.image_size, predictor.mean, predictor.std, train=False)(
+        decode_image(photo.read_bytes())
+    )
+    with torch.no_grad():
+        logits = predictor.model(x[None]).double()
+    return torch.softmax(logits / temperature, dim=-1)[0].numpy()
+
+
+def test_predict_matches_model_softmax_and_cells(predictor, photos):
+    pred = predictor.predict(photos[0], top_k=4)
+    assert isinstance(pred, Prediction)
+    ref = _reference_probs(predictor, photos[0], 1.0)
+    order = np.argsort(-ref)[:4]
+    np.testing.assert_array_equal(pred.indices, order)
+    np.testing.assert_allclose(pred.probs, ref[order], rtol=1e-5)
+    np.testing.assert_allclose(pred.all_probs.sum(), 1.0, rtol=1e-6)
+    cells = predictor.cells
+    assert pred.tokens == [str(t) for t in cells.tokens[order]]
+    assert pred.names == [str(n) for n in cells.names[order]]
+    np.testing.assert_array_equal(pred.lat, cells.centroid_lat[order])
+    assert (pred.best_lat, pred.best_lon) == (
+        cells.centroid_lat[order[0]],
+        cells.centroid_lon[order[0]],
+    )
+
+
+def test_predict_accepts_path_pil_bytes_and_lists(predictor, photos):
+    by_path = predictor.predict(str(photos[0]))
+    by_pil = predictor.predict(Image.open(photos[0]))
+    by_bytes = predictor.predict(photos[0].read_bytes())
+    for other in (by_pil, by_bytes):
+        np.testing.assert_array_equal(other.indices, by_path.indices)
+        np.testing.assert_allclose(other.probs, by_path.probs, rtol=1e-5)
+    batch = predictor.predict(photos, top_k=3)
+    assert isinstance(batch, list) and len(batch) == len(photos)
+    for photo, pred in zip(photos, batch, strict=True):
+        single = predictor.predict(photo, top_k=3)
+        np.testing.assert_array_equal(pred.indices, single.indices)
+        np.testing.assert_allclose(pred.probs, single.probs, rtol=1e-4)
+
+
+def test_temperature_is_applied_and_loaded(ckpt, predictor, photos, tmp_path):
+    assert predictor.temperature == 1.0
+    hot_path = shutil.copy(ckpt, tmp_path / "hot.pt")
+    set_temperature(hot_path, 2.5)
+    hot = geovit.load(hot_path, device="cpu")
+    assert hot.temperature == 2.5
+    pred = hot.predict(photos[1], top_k=3)
+    np.testing.assert_allclose(
+        pred.all_probs, _reference_probs(predictor, photos[1], 2.5), rtol=1e-5
+    )
+    with pytest.raises(GeovitError, match="temperature"):
+        Predictor(hot.model, hot.cells, hot.mean, hot.std, hot.image_size, temperature=0.0)
+
+
+def test_unreadable_image_is_a_clear_error(predictor, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    with pytest.raises(GeovitError, match="decode"):
+        predictor.predict(bad)
+    with pytest.raises(GeovitError, match=r"missing\.jpg"):
+        predictor.predict(tmp_path / "missing.jpg")
+
+
+def test_expand_images_files_folders_globs(tmp_path, photos):
+    folder = tmp_path / "shots"
+    (folder / "sub").mkdir(parents=True)
+    a = Path(shutil.copy(photos[0], folder / "a.jpg"))
+    b = Path(shutil.copy(photos[1], folder / "sub" / "b.JPG"))
+    (folder / "notes.txt").write_text("not an image")
+    paths, problems = expand_images([str(folder)])
+    assert paths == [str(a), str(b)] and problems == []
+    paths, problems = expand_images([str(folder / "*.jpg"), str(a), str(tmp_path / "nope.jpg")])
+    assert paths == [str(a)]  # duplicates collapse
+    assert problems == [(str(tmp_path / "nope.jpg"), "no such file or folder")]
+    _, problems = expand_images([str(tmp_path / "*.png")])
+    assert problems[0][1] == "pattern matches no files"
+
+
+def test_predict_files_keeps_going_past_bad_images(predictor, photos, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    paths = [str(photos[0]), str(bad), str(photos[1])]
+    predictor.batch_size = 2  # the bad file sits inside a batch and at a batch edge
+    try:
+        results = predict_files(predictor, paths, top_k=2)
+    finally:
+        predictor.batch_size = 32
+    assert [p for p, _ in results] == paths
+    assert isinstance(results[1][1], str) and "decode" in results[1][1]
+    for (_, pred), photo in zip([results[0], results[2]], [photos[0], photos[1]], strict=True):
+        np.testing.assert_array_equal(pred.indices, predictor.predict(photo, top_k=2).indices)
+
+
+def test_cli_predict_json_and_partial_failure(ckpt, photos, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    runner = CliRunner()
+    args = [
+        "predict",
+        "-c",
+        str(ckpt),
+        str(photos[0]),
+        str(bad),
+        "--top-k",
+        "3",
+        "--format",
+        "json",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    body = json.loads(res.stdout)
+    ok = [r for r in body if "error" not in r]
+    assert [r["image"] for r in ok] == [str(photos[0])]
+    assert len(ok[0]["top_k"]) == 3
+    assert [r["rank"] for r in ok[0]["top_k"]] == [1, 2, 3]
+    probs = [r["probability"] for r in ok[0]["top_k"]]
+    assert probs == sorted(probs, reverse=True)
+    assert ok[0]["best_guess"] == {"lat": ok[0]["top_k"][0]["lat"], "lon": ok[0]["top_k"][0]["lon"]}
+    assert [r["image"] for r in body if "error" in r] == [str(bad)]
+    assert "bad.jpg" in res.stderr
+
+    res = runner.invoke(app, ["predict", "-c", str(ckpt), str(photos[0]), "--format", "table"])
+    assert res.exit_code == 0, res.output
+    assert "best guess" in res.stdout and str(ok[0]["top_k"][0]["token"]) in res.stdout
+
+
+def test_cli_predict_geojson(ckpt, predictor, photos):
+    res = CliRunner().invoke(
+        app,
+        ["predict", "-c", str(ckpt), str(photos[0]), str(photos[1]), "-k", "2", "-f", "geojson"],
+    )
+    assert res.exit_code == 0, res.output
+    fc = json.loads(res.stdout)
+    assert fc["type"] == "FeatureCollection"
+    polygons = [f for f in fc["features"] if f["geometry"]["type"] == "Polygon"]
+    points = [f for f in fc["features"] if f["geometry"]["type"] == "Point"]
+    assert len(polygons) == 4 and len(points) == 2
+    plat, plon = predictor.cells.polygons()
+    for f in polygons:
+        ring = np.array(f["geometry"]["coordinates"][0])
+        np.testing.assert_array_equal(ring[0], ring[-1])  # closed
+        i = f["properties"]["index"]
+        assert f["properties"]["token"] == predictor.cells.tokens[i]
+        assert 0 < f["properties"]["probability"] <= 1
+        # [lon, lat] order: every S2 corner of the cell is on the ring
+        for la, lo in zip(plat[i], plon[i], strict=True):
+            assert np.min(np.hypot(ring[:, 0] - lo, ring[:, 1] - la)) < 1e-4
+    pred = predictor.predict(photos[0], top_k=1)
+    assert points[0]["geometry"]["coordinates"] == [pred.best_lon, pred.best_lat]
+
+
+def test_cli_predict_nothing_to_do(ckpt, tmp_path):
+    res = CliRunner().invoke(app, ["predict", "-c", str(ckpt), str(tmp_path / "none*.jpg")])
+    assert res.exit_code == 2
+    assert "no images to predict" in res.stderr
+
+
+def test_bytes_of_png_are_supported(predictor, photos):
+    buf = io.BytesIO()
+    Image.open(photos[2]).save(buf, format="PNG")
+    np.testing.assert_array_equal(
+        predictor.predict(buf.getvalue()).indices, predictor.predict(photos[2]).indices
+    )

@@ -1,0 +1,309 @@
+"""HTTP API on a randomly initialised small model: every endpoint, every bad upload.
+
+References: the Predictor called directly (same photo), geovit.explain, s2geometry's cell
+vertices and matplotlib's point-in-polygon for the GeoJSON, hand-made broken files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import s2geometry as s2
+import torch
+from fastapi.testclient import TestClient
+from matplotlib.path import Path as MplPath
+from PIL import Image
+
+from geovit.cells import CellPartition
+from geovit.checkpoint import save_checkpoint
+from geovit.explain import explain_image
+from geovit.model import GeoViT, model_config
+from geovit.predictor import Predictor
+from geovit.serve import STATIC_DIR, cell_rings, create_app
+
+IMAGE_SIZE = 64  # the small preset's layout at a tiny input: fast on CPU
+MAX_BYTES = 150_000
+MAX_PIXELS = 1_000_000
+
+
+def build_checkpoint(cells_path: Path, out: Path) -> Path:
+    """A checkpoint of the small preset with random weights over the given cells."""
+    cells = CellPartition.load(cells_path)
+    torch.manual_seed(0)
+    model = GeoViT(model_config("small", len(cells), image_size=IMAGE_SIZE))
+    return save_checkpoint(out, model, cells)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_cells, tmp_path_factory) -> Predictor:
+    ckpt = build_checkpoint(tiny_cells, tmp_path_factory.mktemp("serve") / "model.pt")
+    return Predictor.from_checkpoint(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(predictor) -> TestClient:
+    app = create_app(predictor, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, top_k=5)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def photo(tiny_world) -> bytes:
+    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[0].read_bytes()
+
+
+def upload(data: bytes, name: str = "photo.jpg", field: str = "image") -> dict:
+    return {"files": {field: (name, data, "image/jpeg")}}
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A valid 8x8 PNG whose header claims width x height: a decompression bomb's header."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def assert_still_serving(client: TestClient) -> None:
+    assert client.get("/health").json()["status"] == "ok"
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+
+def test_health_describes_the_model(client, predictor):
+    body = client.get("/health").json()
+    assert body["classes"] == len(predictor.cells)
+    assert body["image_size"] == IMAGE_SIZE
+    assert body["max_bytes"] == MAX_BYTES and body["max_pixels"] == MAX_PIXELS
+
+
+def test_predict_matches_the_predictor(client, predictor, photo):
+    r = client.post("/predict", **upload(photo))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ref = predictor.predict(Image.open(io.BytesIO(photo)), top_k=5)
+    top = body["top_k"]
+    assert [c["token"] for c in top] == ref.tokens
+    np.testing.assert_allclose([c["probability"] for c in top], ref.probs, rtol=1e-5)
+    assert [c["rank"] for c in top] == [1, 2, 3, 4, 5]
+    cells = predictor.cells
+    for c in top:
+        assert c["name"] == cells.names[c["index"]]
+        assert (c["lat"], c["lon"]) == (
+            cells.centroid_lat[c["index"]],
+            cells.centroid_lon[c["index"]],
+        )
+    assert body["best_guess"] == {"lat": top[0]["lat"], "lon": top[0]["lon"]}
+    features = body["geojson"]["features"]
+    assert [f["properties"]["token"] for f in features] == ref.tokens
+    assert [f["properties"]["probability"] for f in features] == [c["probability"] for c in top]
+    width, height = Image.open(io.BytesIO(photo)).size
+    assert body["image"] == {"width": width, "height": height}
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] > 0
+
+
+def test_predict_accepts_png(client, photo):
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(photo)).save(buf, format="PNG")
+    r = client.post("/predict", files={"image": ("x.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 200, r.text
+
+
+def test_cells_geojson_is_the_partition(client, predictor):
+    features = client.get("/cells").json()["features"]
+    cells = predictor.cells
+    assert [f["properties"]["token"] for f in features] == list(cells.tokens)
+    assert [f["properties"]["count"] for f in features] == cells.counts.tolist()
+    for f in features:
+        ring = np.array(f["geometry"]["coordinates"][0])
+        np.testing.assert_array_equal(ring[0], ring[-1])
+        cell = s2.S2Cell(s2.S2CellId.FromToken(f["properties"]["token"]))
+        for k in range(4):  # every corner, as s2geometry computes it, is on the ring
+            ll = s2.S2LatLng(cell.GetVertex(k))
+            lon, lat = ll.lng().degrees(), ll.lat().degrees()
+            assert np.min(np.hypot(ring[:, 0] - lon, ring[:, 1] - lat)) < 1e-4
+        center = s2.S2LatLng(cell.GetCenter())
+        assert MplPath(ring).contains_point((center.lng().degrees(), center.lat().degrees()))
+
+
+def test_cell_rings_contain_their_points_across_antimeridian_and_poles():
+    """Face and level-1/2 cells: the ring a random point falls in (lon tried +-360) is the
+    cell s2 assigns it to, for all but a sliver near the densified edges."""
+    rng = np.random.default_rng(0)
+    lat = np.degrees(np.arcsin(rng.uniform(-1, 1, 3000)))
+    lon = rng.uniform(-180, 180, 3000)
+    for t1 in (10_000, 400):
+        cells = CellPartition.build(lat, lon, t1=t1, t2=1)
+        rings = [MplPath(np.array(r)) for r in cell_rings(cells, np.arange(len(cells)))]
+        plat = np.degrees(np.arcsin(rng.uniform(-0.999, 0.999, 2000)))
+        plon = rng.uniform(-180, 180, 2000)
+        truth = cells.assign(plat, plon)
+        inside = np.zeros((len(rings), plat.size), dtype=bool)
+        for shift in (-360.0, 0.0, 360.0):
+            pts = np.column_stack([plon + shift, plat])
+            inside |= np.stack([r.contains_points(pts) for r in rings])
+        assert np.mean(inside[truth, np.arange(plat.size)]) > 0.99
+        assert np.mean(inside.sum(axis=0) == 1) > 0.99  # rings tile the map without overlap
+
+
+def test_index_page_and_assets_need_no_network(client):
+    html = client.get("/").text
+    assert "<svg" in html and 'id="topk"' in html
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert refs, "page references its script and stylesheet"
+    for ref in refs:
+        if not ref.startswith("data:"):
+            assert not re.match(r"^(https?:)?//", ref), ref
+            assert client.get(f"/{ref}").status_code == 200, ref
+    for asset in STATIC_DIR.iterdir():
+        urls = set(re.findall(r"https?://[^\s\"'`)]+", asset.read_text()))
+        assert urls <= {"http://www.w3.org/2000/svg"}, (
+            asset.name,
+            urls,
+        )  # a namespace, not fetched
+    assert client.get("/basemap.json").json()["world"]["coastline"]
+
+
+def test_openapi_docs(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/explain", "/health", "/cells"} <= set(paths)
+
+
+def test_explain_json_matches_geovit_explain(client, predictor, photo):
+    r = client.post(
+        "/explain", params={"format": "json", "patch": 32, "stride": 16}, **upload(photo)
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ref = explain_image(predictor, Image.open(io.BytesIO(photo)), target="top", patch=32, stride=16)
+    assert body["target"]["index"] == ref.target == ref.top
+    np.testing.assert_allclose(np.array(body["grid"]), ref.heatmap, atol=1e-6)
+    assert body["shape"] == [IMAGE_SIZE, IMAGE_SIZE]
+
+
+def test_explain_png_overlay(client, photo):
+    r = client.post("/explain", params={"patch": 32, "stride": 16}, **upload(photo))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.mode == "RGBA" and img.size == (IMAGE_SIZE, IMAGE_SIZE)
+    top = client.post("/predict", **upload(photo)).json()["top_k"][0]["token"]
+    assert r.headers["x-geovit-target-token"] == top
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "words"),
+    [
+        ("text", 415, "not an image"),
+        ("truncated", 400, "truncated"),
+        ("empty_file", 400, "empty"),
+        ("empty_body", 400, "empty"),
+        ("wrong_field", 422, "field named 'image'"),
+        ("too_big_declared", 413, "limit"),
+        ("slightly_too_big", 413, "limit"),
+        ("bomb_pil", 413, "pixels"),
+        ("bomb_limit", 413, "megapixel limit"),
+        ("bad_patch", 422, "patch"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(client, photo, case, status, words):
+    requests = {
+        "text": lambda: client.post("/predict", **upload(b"hello, not a photo", "notes.txt")),
+        "truncated": lambda: client.post("/predict", **upload(photo[: len(photo) // 2])),
+        "empty_file": lambda: client.post("/predict", **upload(b"")),
+        "empty_body": lambda: client.post("/predict"),
+        "wrong_field": lambda: client.post("/predict", **upload(photo, field="file")),
+        "too_big_declared": lambda: client.post("/predict", **upload(b"\xff" * (3 * MAX_BYTES))),
+        "slightly_too_big": lambda: client.post("/predict", **upload(b"\xff" * (MAX_BYTES + 10))),
+        "bomb_pil": lambda: client.post("/predict", **upload(png_with_size(100_000, 100_000))),
+        "bomb_limit": lambda: client.post("/explain", **upload(png_with_size(3000, 3000))),
+        "bad_patch": lambda: client.post("/explain", params={"patch": 999}, **upload(photo)),
+    }
+    r = requests[case]()
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert words in r.json()["detail"]
+    assert_still_serving(client)
+
+
+def test_streamed_upload_without_length_is_cut_at_the_limit(client):
+    """Chunked body (no Content-Length): counted while it arrives, refused past the limit."""
+    req = httpx.Request("POST", "http://t/predict", files={"image": ("a.jpg", b"\0" * 10**6)})
+    body = req.read()
+    sent = []
+
+    def chunks():
+        for i in range(0, len(body), 16384):
+            sent.append(i)
+            yield body[i : i + 16384]
+
+    r = client.post(
+        "/predict", content=chunks(), headers={"content-type": req.headers["content-type"]}
+    )
+    assert r.request.headers.get("content-length") is None
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert_still_serving(client)
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+class SlowPredictor:
+    """A predictor whose predict sleeps and records how many calls overlap."""
+
+    def __init__(self, inner: Predictor, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def predict(self, img, top_k: int = 5):
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            time.sleep(self.delay)
+            return self.inner.predict(img, top_k=top_k)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_inference_is_serialized_and_off_the_event_loop(predictor, photo):
+    slow = SlowPredictor(predictor, delay=0.3)
+    app = create_app(slow)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            t0 = time.perf_counter()
+            jobs = [asyncio.create_task(c.post("/predict", **upload(photo))) for _ in range(4)]
+            await asyncio.sleep(0.05)
+            health = await c.get("/health")
+            health_s = time.perf_counter() - t0
+            results = await asyncio.gather(*jobs)
+            return results, health, health_s, time.perf_counter() - t0
+
+    results, health, health_s, total_s = asyncio.run(scenario())
+    assert [r.status_code for r in results] == [200] * 4
+    assert slow.peak == 1  # one inference at a time
+    assert total_s >= 4 * 0.3
+    assert health.status_code == 200 and health_s < 0.3  # answered while inference ran

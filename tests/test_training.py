@@ -1,0 +1,239 @@
+"""Three-stage training: exact freezing per stage, learning, exact resume, DDP, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import Dataset
+
+from geovit.cells import CellPartition
+from geovit.checkpoint import load_checkpoint
+from geovit.geo import haversine_km
+from geovit.model import model_config
+from geovit.training import (
+    PARTS,
+    TRAINABLE,
+    GeoDataModule,
+    GeoViTModule,
+    TrainConfig,
+    fit,
+)
+
+SIZE = 64  # 4x4 ViT tokens: tiny but the full architecture
+K = 6
+# One location per class, each in a different level-2 S2 cell (thousands of km apart).
+PLACES = np.array([[40.0, -100.0], [-20.0, 130.0], [50.0, 10.0], [-30.0, -60.0], [10.0, 80.0],
+                   [60.0, 100.0]])  # fmt: skip
+
+
+def toy_cells() -> CellPartition:
+    """K big cells around PLACES (20 points each, level 2)."""
+    rng = np.random.default_rng(0)
+    pts = np.repeat(PLACES, 20, axis=0) + rng.normal(0, 0.5, (20 * K, 2))
+    cells = CellPartition.build(pts[:, 0], pts[:, 1], t1=10**6, t2=1, min_level=2, max_level=2)
+    assert len(cells) == K
+    return cells
+
+
+class ToyImages(Dataset):
+    """Class k = a fixed colour and stripe pattern + noise: learnable in a few dozen steps.
+
+    Samples follow the geovit.data.images contract: dict(image, label, index).
+    """
+
+    def __init__(self, cells: CellPartition, n: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        palette = np.random.default_rng(123).uniform(-1.5, 1.5, (K, 3, 1, 1))
+        cls = np.arange(n) % K
+        self.coords = PLACES[cls] + rng.normal(0, 0.3, (n, 2))
+        self.labels = cells.assign(self.coords[:, 0], self.coords[:, 1])
+        stripes = np.sin(np.arange(SIZE)[None, :] * (1 + cls[:, None]) * 0.3)  # (n, SIZE)
+        x = palette[self.labels] + 0.8 * stripes[:, None, None, :]
+        x = x + rng.normal(0, 0.5, (n, 3, SIZE, SIZE))
+        self.images = torch.tensor(x, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": int(self.labels[i]), "index": i}
+
+
+def toy_run(
+    out: Path,
+    *,
+    n_train: int = 48,
+    n_val: int = 24,
+    callbacks=(),
+    resume=None,
+    **overrides,
+):
+    cells = toy_cells()
+    defaults = dict(
+        epochs=3, freeze_epochs=1, cnn_refreeze_epoch=2, batch_size=8, lr=1e-3, workers=0,
+        accelerator="cpu", limit_train_batches=2, limit_val_batches=1, grad_clip=1.0,
+    )  # fmt: skip
+    cfg = TrainConfig(**{**defaults, **overrides})
+    module = GeoViTModule(model_config("small", K, image_size=SIZE), cells, cfg)
+    val = ToyImages(cells, n_val, seed=2)
+    dm = GeoDataModule(
+        ToyImages(cells, n_train, seed=1), val, val.coords, batch_size=cfg.batch_size, seed=cfg.seed
+    )
+    result = fit(module, dm, out, resume=resume, progress=False, callbacks=callbacks)
+    return module, result
+
+
+def part_of(name: str) -> str:
+    return name.split(".")[1]  # "model.cnn.layer1..." -> "cnn"
+
+
+class StageProbe(Callback):
+    """Records, per epoch, which parameters/BN buffers changed and what the optimizer holds."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.before = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        after = pl_module.state_dict()
+        changed = {k for k, v in after.items() if not torch.equal(v, self.before[k])}
+        params = dict(pl_module.named_parameters())
+        opt = trainer.optimizers[0]
+        id_to_name = {id(p): n for n, p in params.items()}
+        self.epochs.append(
+            {
+                "stage": pl_module.stage,
+                "changed_params": {k for k in changed if k in params},
+                "changed_buffers": {k for k in changed if k not in params},
+                "params": set(params),
+                "buffers": set(after) - set(params),
+                "with_grad": {n for n, p in params.items() if p.requires_grad},
+                "opt_state": {id_to_name[id(p)] for p in opt.state},
+                "cnn_training": pl_module.model.cnn.training,
+            }
+        )
+
+
+def test_each_stage_trains_exactly_its_parts(tmp_path):
+    probe = StageProbe()
+    toy_run(tmp_path, callbacks=[probe])
+    assert [e["stage"] for e in probe.epochs] == [0, 1, 2]
+    for e in probe.epochs:
+        trainable = {n for n in e["params"] if part_of(n) in TRAINABLE[e["stage"]]}
+        assert e["changed_params"] == trainable  # every trainable one moved, nothing else
+        assert e["with_grad"] == trainable
+        assert e["opt_state"] == trainable  # no stale AdamW state for frozen parts
+        bn_stats = {b for b in e["buffers"] if b.endswith(("running_mean", "running_var"))}
+        assert bn_stats  # the CNN has BatchNorm statistics
+        cnn_frozen = "cnn" not in TRAINABLE[e["stage"]]
+        assert e["cnn_training"] is not cnn_frozen
+        # frozen BatchNorm keeps its statistics; training BatchNorm updates them
+        assert (e["changed_buffers"] & bn_stats == set()) if cnn_frozen else bn_stats <= e[
+            "changed_buffers"
+        ]
+    assert {part_of(n) for n in probe.epochs[1]["changed_params"]} == set(PARTS)
+
+
+def read_metrics(run: Path) -> pd.DataFrame:
+    """Epoch rows of every CSVLogger version of a run (a resumed run adds a version)."""
+    frames = [pd.read_csv(p) for p in sorted(run.glob("logs/version_*/metrics.csv"))]
+    df = pd.concat(frames, ignore_index=True)
+    return df.groupby("epoch").max(numeric_only=True)
+
+
+def test_small_preset_learns_toy_world(tmp_path):
+    module, result = toy_run(
+        tmp_path,
+        n_train=96,
+        n_val=48,
+        epochs=6,
+        freeze_epochs=1,
+        cnn_refreeze_epoch=5,
+        batch_size=16,
+        limit_train_batches=1.0,
+        limit_val_batches=1.0,
+    )
+    m = read_metrics(tmp_path)
+    first, last = m["train/loss_epoch"].iloc[0], m["train/loss_epoch"].iloc[-1]
+    assert last < 0.5 * first, (first, last)
+    chance = 1 / K
+    assert m["val/acc1"].iloc[-1] >= 4 * chance
+    assert m["train/acc"].iloc[-1] >= 4 * chance
+    assert (m["val/acc3"] >= m["val/acc1"]).all() and (m["val/acc5"] >= m["val/acc3"]).all()
+    # median great-circle error from predicted centroids, recomputed independently
+    loaded = load_checkpoint(result.last_ckpt)
+    val = ToyImages(loaded.cells, 48, seed=2)
+    with torch.no_grad():
+        pred = loaded.model(val.images).argmax(1).numpy()
+    km = haversine_km(
+        loaded.cells.centroid_lat[pred], loaded.cells.centroid_lon[pred], *val.coords.T
+    )
+    assert m["val/median_km"].iloc[-1] == pytest.approx(np.median(km), rel=1e-4)
+    assert (m["val/acc1"].iloc[-1]) == pytest.approx(np.mean(pred == val.labels), abs=1e-6)
+
+
+class StopAfter(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("scheduler", ["plateau", "cosine"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, scheduler):
+    kw = dict(epochs=4, freeze_epochs=1, cnn_refreeze_epoch=3, scheduler=scheduler,
+              plateau_patience=0, warmup_epochs=1.0)  # fmt: skip
+    _, straight = toy_run(tmp_path / "a", **kw)
+    toy_run(tmp_path / "b", callbacks=[StopAfter(1)], **kw)
+    assert load_checkpoint(tmp_path / "b" / "last.ckpt").train["epoch"] == 1
+    _, resumed = toy_run(tmp_path / "b", resume=tmp_path / "b" / "last.ckpt", **kw)
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    cols = ["val/loss", "val/acc1", "val/median_km", "train/loss_epoch"]
+    assert len(a) == len(b) == 4
+    pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
+    lr = [c for c in a.columns if c.startswith("lr-")]
+    pd.testing.assert_frame_equal(a[lr], b[lr], check_exact=True)
+    sa = torch.load(straight.model_path, weights_only=True)["state_dict"]
+    sb = torch.load(resumed.model_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+DDP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import test_training as t
+module, result = t.toy_run(__import__("pathlib").Path({out!r}), devices=2, n_train=32,
+                           limit_train_batches=1.0, epochs=3)
+rank = module.global_rank
+torch.save({{k: v.detach() for k, v in module.model.state_dict().items()}}, f"{out}/rank{{rank}}.pt")
+"""
+
+
+def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    out = tmp_path / "run"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0 = torch.load(out / "rank0.pt", weights_only=True)
+    w1 = torch.load(out / "rank1.pt", weights_only=True)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    best = load_checkpoint(out / "model.pt").train
+    assert best["data"] == {} and best["config"]["devices"] == 2
