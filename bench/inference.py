@@ -1,12 +1,12 @@
 """CPU inference speed of both presets: single-image latency and batched throughput.
 
-For each preset (random weights, K = 2199 cells as in the design) and each precision (fp32, and
+For each preset (random weights, ~2200 cells like the design's 2199) and each precision (fp32, and
 bf16 autocast with channels_last tensors) this measures the model's forward pass on one image
 (median latency) and on a batch (images/s), plus the end-to-end ``Predictor.predict`` latency on
 JPEG bytes (decode + resize + forward + top-k) in fp32. Ratios are against fp32 single-image
 throughput of the same preset, measured in the same run. The last line is one JSON object.
 
-    uv run python bench/inference.py [--batch-size 16] [--seconds 2]
+    uv run python bench/inference.py [--batch-size 16] [--seconds 1] [--threads N]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def timed(
 def fake_cells(n: int, seed: int = 0) -> CellPartition:
     """A real adaptive partition with about ``n`` classes over random points (only K matters)."""
     rng = np.random.default_rng(seed)
-    lat, lon = rng.uniform(30, 48, 40 * n), rng.uniform(-124, -100, 40 * n)
+    lat, lon = rng.uniform(30, 48, 25 * n), rng.uniform(-124, -100, 25 * n)
     return CellPartition.build(lat, lon, t1=60, t2=10)
 
 
@@ -109,9 +109,12 @@ def bench_preset(preset: str, batch_size: int, seconds: float, photo: bytes) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=2.0, help="time budget per measurement")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time budget per measurement")
     parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     photo = jpeg_bytes()
     results = {}
     for preset in args.presets.split(","):

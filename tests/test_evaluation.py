@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -90,6 +91,22 @@ def test_unreadable_images_are_counted(predictor, manifest, tmp_path):
     assert out["n_unreadable"] == 2
     assert out["n_images"] == len(test_idx) - 2
     assert "place_accuracy" not in out
+
+
+def test_place_labels_are_geocoded_when_the_manifest_lacks_them(predictor, manifest):
+    bare = manifest.drop(columns=[c for c in manifest.columns if c.startswith("unique_")])
+    out = evaluation.evaluate(predictor, bare, "test", batch_size=32)
+    rows = bare[bare["split"] == "test"]
+    lat, lon = rows["latitude"].to_numpy(), rows["longitude"].to_numpy()
+    probs = predictor.predict_proba(
+        torch.stack([predictor.preprocess(p) for p in rows["image"]])
+    ).numpy()
+    top = probs.argmax(axis=1)
+    pred = reverse_geocode(predictor.cells.centroid_lat[top], predictor.cells.centroid_lon[top])
+    true = reverse_geocode(lat, lon)
+    for level, got in out["place_accuracy"].items():
+        assert got["n_labelled"] == len(rows)
+        assert got["accuracy"] == pytest.approx(np.mean(pred[level] == true[level]))
 
 
 def test_unknown_split_is_a_clear_error(predictor, manifest):

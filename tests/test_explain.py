@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -10,8 +11,11 @@ import pytest
 import torch
 from captum.attr import Occlusion
 from PIL import Image
+from typer.testing import CliRunner
 
 from geovit.cells import CellPartition
+from geovit.checkpoint import save_checkpoint
+from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.explain import (
     explain_image,
@@ -132,19 +136,22 @@ def test_parse_fill():
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    rng = np.random.default_rng(0)
-    lat, lon = rng.uniform(33, 47, 3000), rng.uniform(-123, -105, 3000)
-    cells = CellPartition.build(lat, lon, t1=400, t2=20)
+def ckpt(tiny_cells, tmp_path_factory) -> Path:
+    cells = CellPartition.load(tiny_cells)
     torch.manual_seed(0)
     model = GeoViT(model_config("small", len(cells), image_size=64))
-    return Predictor(model, cells, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 64, device="cpu")
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", model, cells)
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt) -> Predictor:
+    return Predictor.from_checkpoint(ckpt, device="cpu")
 
 
 def test_explain_image_and_render(predictor, tmp_path):
     photo = tmp_path / "p.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), np.uint8)).save(photo)
-    lat, lon = 40.0, -110.0
+    lat, lon = predictor.cells.centroid_lat[0], predictor.cells.centroid_lon[0]
     expl = explain_image(predictor, photo, lat=lat, lon=lon, patch=16, stride=8)
     assert expl.target_kind == "true"
     assert expl.target == int(predictor.cells.assign(np.array([lat]), np.array([lon]))[0])
@@ -163,3 +170,17 @@ def test_explain_image_and_render(predictor, tmp_path):
         explain_image(predictor, photo, target="true")
     with pytest.raises(GeovitError, match="no cell"):
         explain_image(predictor, photo, lat=-40.0, lon=20.0)
+
+
+def test_explain_cli(ckpt, tiny_world, tmp_path):
+    photo = sorted((tiny_world / "images" / "test").glob("*.jpg"))[0]
+    runner = CliRunner()
+    args = ["explain", str(photo), "-c", str(ckpt), "-o", str(tmp_path), "--patch", "16"]
+    res = runner.invoke(app, [*args, "--target", "top", "--fill", "0,0,0", "--fast"])
+    assert res.exit_code == 0, res.output
+    png = tmp_path / f"{photo.stem}_occlusion.png"
+    assert png.stat().st_size > 20_000 and "top cell" in res.output
+    for bad in (["--target", "best"], ["--lat", "40"], ["--fill", "1,2"], ["--stride", "40"]):
+        res = runner.invoke(app, [*args, *bad])
+        assert res.exit_code == 2, (bad, res.output)
+        assert "error:" in res.output

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from geovit.basemap import load_basemap
 from geovit.cells import CellPartition
 from geovit.checkpoint import save_checkpoint
+from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.geo import EARTH_RADIUS_KM, latlon_to_xyz
 from geovit.maps import (
@@ -55,7 +57,11 @@ def test_projections_are_equal_area(proj):
     lat = np.stack([lat0, lat0, lat0 + d, lat0 + d], 1)
     lon = np.stack([lon0, lon0 + d, lon0 + d, lon0], 1)
     x, y = proj(lat, lon)
-    sphere = EARTH_RADIUS_KM**2 * np.radians(d) * (np.sin(np.radians(lat0 + d)) - np.sin(np.radians(lat0)))
+    sphere = (
+        EARTH_RADIUS_KM**2
+        * np.radians(d)
+        * (np.sin(np.radians(lat0 + d)) - np.sin(np.radians(lat0)))
+    )
     np.testing.assert_allclose(_shoelace(x, y), sphere, rtol=2e-3)
 
 
@@ -64,7 +70,9 @@ def test_albers_true_scale_on_standard_parallels():
     for phi in (30.0, 50.0):
         x, y = proj(np.array([phi, phi]), np.array([-100.0, -99.0]))
         np.testing.assert_allclose(
-            np.hypot(np.diff(x), np.diff(y)), EARTH_RADIUS_KM * np.radians(1) * np.cos(np.radians(phi)), rtol=1e-4
+            np.hypot(np.diff(x), np.diff(y)),
+            EARTH_RADIUS_KM * np.radians(1) * np.cos(np.radians(phi)),
+            rtol=1e-4,
         )
 
 
@@ -126,11 +134,15 @@ def test_basemap_folder_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_cells, tmp_path_factory) -> Predictor:
+def ckpt(tiny_cells, tmp_path_factory) -> Path:
     cells = CellPartition.load(tiny_cells)
     torch.manual_seed(0)
     model = GeoViT(model_config("small", len(cells), image_size=64))
-    ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", model, cells)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", model, cells)
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt) -> Predictor:
     return Predictor.from_checkpoint(ckpt, device="cpu")
 
 
@@ -164,7 +176,9 @@ def test_map_agrees_with_predict(predictor, photo, tmp_path, offline):
     assert all(tok in labels for tok in pred.tokens)
     assert png.stat().st_size > 30_000 and Image.open(png).size[0] > 600
     text = page.read_text()
-    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)[1])
+    data = json.loads(
+        re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)[1]
+    )
     np.testing.assert_allclose(data["probs"], pred.all_probs, rtol=1e-5)
     assert data["top"] == [int(i) for i in pred.indices]
     assert data["tokens"] == [str(t) for t in predictor.cells.tokens]
@@ -174,13 +188,15 @@ def test_map_agrees_with_predict(predictor, photo, tmp_path, offline):
 def test_html_is_self_contained(predictor, tmp_path, offline):
     k = len(predictor.cells)
     probs = np.full(k, 1.0 / k)
-    page = probability_map_html(predictor.cells, probs, title="<evil & title>", path=tmp_path / "m.html")
+    page = probability_map_html(
+        predictor.cells, probs, title="<evil & title>", path=tmp_path / "m.html"
+    )
     assert (tmp_path / "m.html").read_text() == page
     assert not re.search(r"<script[^>]*\bsrc=", page)
     assert not re.search(r"<link[^>]*\bhref=", page)
     assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", page)  # only the SVG namespace
     assert "<evil &amp; title>" not in page and "&lt;evil &amp; title&gt;" in page
-    assert page.count('data-i="') == k
+    assert len(re.findall(r'<path d="M[^"]+Z" fill="#[0-9a-f]{6}" data-i="\d+"/>', page)) == k
     assert "admin1" in page and "coastline" in page
 
 
@@ -203,3 +219,20 @@ def test_world_and_value_maps_render(tmp_path, offline):
     assert (tmp_path / "a.png").stat().st_size > 30_000
     with pytest.raises(GeovitError, match="cells"):
         probability_map(cells, probs[:-1])
+
+
+def test_map_cli(ckpt, photo, predictor, tmp_path):
+    out = tmp_path / "m.png"
+    res = CliRunner().invoke(
+        app, ["map", str(photo), "-c", str(ckpt), "-o", str(out), "--lat", "40", "--lon", "-105",
+              "--top-k", "3", "--log"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert out.stat().st_size > 30_000 and out.with_suffix(".html").stat().st_size > 5_000
+    pred = predictor.predict(photo, top_k=3)
+    for rank, tok in enumerate(pred.tokens, start=1):
+        assert f"{rank}. {tok} " in res.output
+    res = CliRunner().invoke(
+        app, ["map", str(photo), "-c", str(ckpt), "-o", str(out), "--lon", "3"]
+    )
+    assert res.exit_code == 2 and "--lat" in res.output

@@ -275,7 +275,18 @@ def test_temperature_fit_recovers_overconfidence():
     assert fit.n_images == n - 50
     assert fit.ece_after < fit.ece_before / 3
     assert fit.nll_after < fit.nll_before
+    assert not fit.at_bound
     # A minimum: nudging T either way does not lower the NLL.
     inside = labels >= 0
     for t in (fit.temperature * 0.97, fit.temperature * 1.03):
         assert nll_at(true_logits[inside] * 3.0, labels[inside], t) >= fit.nll_after
+
+
+def test_temperature_fit_flags_signal_free_logits():
+    from geovit.calibration import T_MAX, fit_temperature
+
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(2000, 10))
+    labels = logits.argmin(axis=1)  # any sharpening hurts: the best is uniform, T -> inf
+    fit = fit_temperature(logits, labels)
+    assert fit.at_bound and fit.temperature == pytest.approx(T_MAX, rel=1e-3)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -33,6 +34,15 @@ K = 6
 # One location per class, each in a different level-2 S2 cell (thousands of km apart).
 PLACES = np.array([[40.0, -100.0], [-20.0, 130.0], [50.0, 10.0], [-30.0, -60.0], [10.0, 80.0],
                    [60.0, 100.0]])  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two threads thrash (several-fold slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def toy_cells() -> CellPartition:
@@ -83,6 +93,7 @@ def toy_run(
         accelerator="cpu", limit_train_batches=2, limit_val_batches=1, grad_clip=1.0,
     )  # fmt: skip
     cfg = TrainConfig(**{**defaults, **overrides})
+    L.seed_everything(cfg.seed, verbose=False)  # as geovit.training.train does
     module = GeoViTModule(model_config("small", K, image_size=SIZE), cells, cfg)
     val = ToyImages(cells, n_val, seed=2)
     dm = GeoDataModule(

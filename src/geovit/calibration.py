@@ -14,7 +14,7 @@ import numpy as np
 from geovit.errors import GeovitError
 from geovit.metrics import expected_calibration_error, log_softmax
 
-T_MIN, T_MAX = 0.05, 20.0
+T_MIN, T_MAX = 0.01, 100.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -28,9 +28,7 @@ class TemperatureFit:
     nll_after: float
     ece_before: float
     ece_after: float
-
-    def as_dict(self) -> dict[str, float | int]:
-        return dict(self.__dict__)
+    at_bound: bool = False  # the optimum is at the search bound: the logits carry ~no signal
 
 
 def nll_at(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -79,6 +77,7 @@ def fit_temperature(
             b = lo + _GOLDEN * (hi - lo)
             fb = nll_at(logits, labels, math.exp(b))
     t = math.exp((lo + hi) / 2.0)
+    edge = min(abs(math.log(t) - math.log(bounds[0])), abs(math.log(t) - math.log(bounds[1])))
     return TemperatureFit(
         temperature=t,
         n_images=len(labels),
@@ -86,4 +85,5 @@ def fit_temperature(
         nll_after=nll_at(logits, labels, t),
         ece_before=_ece_at(logits, labels, 1.0),
         ece_after=_ece_at(logits, labels, t),
+        at_bound=edge < 10 * tol,
     )

@@ -109,26 +109,30 @@ def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Data
 
 def _stages(train: Mapping[str, Any]) -> str:
     cfg = train.get("config", {})
-    epochs, freeze, refreeze = cfg.get("epochs"), cfg.get("freeze_epochs"), cfg.get("cnn_refreeze_epoch")
+    epochs, freeze, refreeze = (
+        cfg.get("epochs"),
+        cfg.get("freeze_epochs"),
+        cfg.get("cnn_refreeze_epoch"),
+    )
     if epochs is None:
         return "Training history is not recorded in this checkpoint."
     last = epochs - 1
     spans = [
-        ("heads only: CNN and ViT frozen, projection + classifier learn", 0, min(freeze, epochs) - 1),
+        (
+            "heads only: CNN and ViT frozen, projection + classifier learn",
+            0,
+            min(freeze, epochs) - 1,
+        ),
         ("everything trains", freeze, min(refreeze, epochs) - 1),
         ("CNN frozen again, ViT + projection + classifier keep training", refreeze, last),
     ]
     rows = [
-        [i, f"{a}-{b}" if b > a else str(a), what]
-        for i, (what, a, b) in enumerate(spans)
-        if a <= b
+        [i, f"{a}-{b}" if b > a else str(a), what] for i, (what, a, b) in enumerate(spans) if a <= b
     ]
     return _table(["stage", "epochs", "what learns"], rows)
 
 
-def model_card(
-    ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: DatasetInfo
-) -> str:
+def model_card(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: DatasetInfo) -> str:
     """The MODEL_CARD.md text for a checkpoint and its evaluation."""
     cfg, train = ckpt.config, ckpt.train
     tcfg = train.get("config", {})
@@ -138,15 +142,31 @@ def model_card(
     hyper = [
         [k, tcfg[k]]
         for k in (
-            "epochs", "batch_size", "lr", "weight_decay", "scheduler", "label_smoothing",
-            "grad_clip", "precision", "hflip", "seed",
+            "epochs",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "scheduler",
+            "label_smoothing",
+            "grad_clip",
+            "precision",
+            "hflip",
+            "seed",
         )
         if k in tcfg
     ]
-    results = _table(["metric", "value"], [
-        [name, _km(v) if "km)" in name else (f"{v:.4f}" if t in {"cross_entropy", "ece", "geoscore"} else _pct(v))]
-        for t, name, v in headline_metrics(metrics)
-    ])
+    results = _table(
+        ["metric", "value"],
+        [
+            [
+                name,
+                _km(v)
+                if "km)" in name
+                else (f"{v:.4f}" if t in {"cross_entropy", "ece", "geoscore"} else _pct(v)),
+            ]
+            for t, name, v in headline_metrics(metrics)
+        ],
+    )
     places = metrics.get("place_accuracy", {})
     place_rows = [[lvl, _pct(v["accuracy"]), v["n_labelled"]] for lvl, v in places.items()]
     conc = metrics.get("concentration", {})
@@ -155,8 +175,17 @@ def model_card(
     mass = conc.get(mass_key, {}) if mass_key else {}
     ece = metrics["calibration"]["ece"]
     synthetic = f"\n{SYNTHETIC_NOTICE}\n" if data.synthetic else ""
+    calibrated = "fitted on the validation split" if ckpt.temperature != 1.0 else "not calibrated"
+    place_table = (
+        "Place accuracy (the predicted point reverse-geocoded and compared with the label, as in "
+        "the OpenStreetView-5M benchmark):\n\n"
+        + _table(["level", "accuracy", "labelled images"], place_rows)
+        if place_rows
+        else ""
+    )
     pretrained = (
-        "ImageNet weights from timm" if cfg.pretrained or cfg.cnn_weights or cfg.vit_weights
+        "ImageNet weights from timm"
+        if cfg.pretrained or cfg.cnn_weights or cfg.vit_weights
         else "random initialisation (no pretrained weights)"
     )
     return f"""{_front_matter(ckpt, metrics, data)}
@@ -175,7 +204,7 @@ geovit; this card was generated from the checkpoint and its `metrics.json`.
   transformer blocks and final norm (timm) -> mean pool -> dropout {cfg.dropout} -> linear layer
   to {len(cells):,} cell logits. Cross-entropy loss.
 - {n_params:,} parameters; initialised from {pretrained}.
-- Softmax temperature: {ckpt.temperature:.4f} ({"fitted on the validation split" if ckpt.temperature != 1.0 else "not calibrated"}).
+- Softmax temperature: {ckpt.temperature:.4f} ({calibrated}).
 
 ## Training
 {_stages(train)}
@@ -200,9 +229,7 @@ Distances: {DISTANCE_CONVENTION}.
 
 {results}
 
-{"Place accuracy (reverse-geocoded prediction vs the label, as in the OpenStreetView-5M benchmark):" if place_rows else ""}
-
-{_table(["level", "accuracy", "labelled images"], place_rows) if place_rows else ""}
+{place_table}
 
 ## Intended uses
 - Research and teaching on visual geolocation: cell classification, calibration, explanations.
@@ -246,19 +273,25 @@ def datasheet(
         manifest["latitude"].to_numpy(np.float64), manifest["longitude"].to_numpy(np.float64)
     )
     split_rows = [
-        [s, f"{(manifest['split'] == s).sum():,}", f"{((manifest['split'] == s) & (labels < 0)).sum():,}"]
+        [
+            s,
+            f"{(manifest['split'] == s).sum():,}",
+            f"{((manifest['split'] == s) & (labels < 0)).sum():,}",
+        ]
         for s in ("train", "val", "test")
     ]
     region = "region" if "region" in manifest.columns else None
     region_table = (
-        _table(["region (state)", "images"], _counts(manifest[region])) if region else
-        "The collection has no region labels."
+        _table(["region (state)", "images"], _counts(manifest[region]))
+        if region
+        else "The collection has no region labels."
     )
     summary = cells.summary()
     level_rows = [[lv, f"{n:,}"] for lv, n in summary["levels"].items()]
     per_cell = cells.counts
     seq = (
-        f"{manifest['sequence'].nunique():,} sequences (drives)" if "sequence" in manifest.columns
+        f"{manifest['sequence'].nunique():,} sequences (drives)"
+        if "sequence" in manifest.columns
         else "no sequence information"
     )
     if data.synthetic:
@@ -278,7 +311,9 @@ def datasheet(
             "per-state sign colour and per-settlement facade colours, plus location-independent "
             "sky, road and a randomly placed truck. No person or real place is pictured."
         )
-        distribution = "Regenerate it with the command in the world's README; nothing is downloaded."
+        distribution = (
+            "Regenerate it with the command in the world's README; nothing is downloaded."
+        )
     else:
         motivation = (
             f"{data.name} is a collection of geotagged street-level images used to train and "

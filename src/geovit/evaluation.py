@@ -57,7 +57,7 @@ def stream_logits(
         shuffle=False,
         num_workers=workers,
         collate_fn=collate_skip_bad,
-        persistent_workers=False,
+        pin_memory=predictor.device.type == "cuda",
     )
     for batch in loader:
         idx = batch["index"].numpy()
@@ -67,18 +67,14 @@ def stream_logits(
         yield idx, logits, int(batch["n_bad"])
 
 
-def _true_places(rows: pd.DataFrame, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """OSV-5M ``unique_*`` labels of some rows; levels the manifest lacks are geocoded from the
+def _true_places(
+    labels: dict[str, np.ndarray], lat: np.ndarray, lon: np.ndarray
+) -> dict[str, np.ndarray]:
+    """OSV-5M ``unique_*`` labels of a batch; levels the manifest lacks are geocoded from the
     true coordinates with the same geocoder that labels the predictions."""
-    places = {
-        level: rows[f"unique_{level}"].to_numpy(dtype=object)[idx]
-        for level in PLACE_LEVELS
-        if f"unique_{level}" in rows.columns
-    }
-    if len(places) < len(PLACE_LEVELS):
-        found = reverse_geocode(rows["latitude"].to_numpy()[idx], rows["longitude"].to_numpy()[idx])
-        places = {**found, **places}
-    return places
+    if len(labels) < len(PLACE_LEVELS):
+        return {**reverse_geocode(lat, lon), **labels}
+    return labels
 
 
 def evaluate(
@@ -101,15 +97,23 @@ def evaluate(
     metrics = GeoMetrics(
         cells.centroid_lat, cells.centroid_lon, ks=ks, place_levels=PLACE_LEVELS if places else ()
     )
+    place_labels = {
+        level: rows[f"unique_{level}"].to_numpy(dtype=object)
+        for level in PLACE_LEVELS
+        if f"unique_{level}" in rows.columns
+    }
     n_bad = 0
     for idx, logits, bad in stream_logits(
         predictor, rows, batch_size=batch_size, workers=workers, progress=progress
     ):
         n_bad += bad
-        if logits is not None:
-            metrics.update(
-                logits, labels[idx], lat[idx], lon[idx], _true_places(rows, idx) if places else None
-            )
+        if logits is None:
+            continue
+        truth = None
+        if places:
+            batch_labels = {level: v[idx] for level, v in place_labels.items()}
+            truth = _true_places(batch_labels, lat[idx], lon[idx])
+        metrics.update(logits, labels[idx], lat[idx], lon[idx], truth)
     if n_bad == len(rows):
         raise GeovitError(
             f"none of the {len(rows)} {split!r} images could be read; check the image paths"

@@ -12,6 +12,7 @@ SVG + a little JavaScript, no network) with zoom, pan and a tooltip per cell.
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import tempfile
@@ -196,17 +197,18 @@ def _draw(
     geom: CellGeometry,
     values: np.ndarray,
     *,
-    cmap: Any,
+    cmap: str,
     norm: Any,
     line_colour: str,
     no_data: str = "#9a9a9a",
 ) -> Any:
     """Fill every cell by value (NaN = no data), draw the boundary lines, frame the map."""
+    from matplotlib import colormaps
     from matplotlib.collections import LineCollection, PolyCollection
 
-    coll = PolyCollection(list(geom.xy), cmap=cmap, norm=norm, edgecolors="none", zorder=1)
+    cm = colormaps[cmap].with_extremes(bad=no_data)
+    coll = PolyCollection(list(geom.xy), cmap=cm, norm=norm, edgecolors="none", zorder=1)
     coll.set_array(np.ma.masked_invalid(values))
-    coll.cmap.set_bad(no_data)
     ax.add_collection(coll)
     for layer, width in BASEMAP_STYLE.items():
         segs = [xy for name, xy in geom.basemap if name == layer]
@@ -232,14 +234,22 @@ def _figure(geom: CellGeometry, width: float = 9.0) -> tuple[Figure, Axes]:
     return fig, fig.add_subplot()
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write a figure (format from the suffix) atomically: temp file in the same dir, renamed."""
+def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
+    """The figure encoded (whitespace trimmed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, bbox_inches="tight", pad_inches=0.15)
+    return buf.getvalue()
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Atomic write: a temp file in the same folder, then renamed over `path` (mode 0644)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=path.suffix.lstrip(".") or "png")
+            f.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -247,15 +257,14 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a figure atomically, in the format its suffix names (default PNG)."""
+    return write_bytes(path, figure_bytes(fig, Path(path).suffix.lstrip(".") or "png"))
+
+
 def write_text(path: str | Path, text: str) -> Path:
-    """Atomic text write (temp file in the same dir, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    """Atomic UTF-8 text write."""
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def _check_values(cells: CellPartition, values: np.ndarray, what: str) -> np.ndarray:

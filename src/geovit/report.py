@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,12 +38,10 @@ from geovit.evaluation import (
 )
 from geovit.explain import explain_image, render_explanation
 from geovit.geo import haversine_km
-from geovit.maps import cell_value_map, probability_map, write_text
+from geovit.maps import cell_value_map, figure_bytes, probability_map, write_text
 from geovit.metrics import CONCENTRATION_RADIUS_KM, log_softmax
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from geovit.predictor import Predictor
 
 KINDS: dict[str, str] = {
@@ -138,14 +135,8 @@ def cell_accuracy(stats: pd.DataFrame, num_cells: int) -> np.ndarray:
     return np.divide(hits, n, out=np.full(num_cells, np.nan), where=n > 0)
 
 
-def _data_uri(fig: Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _file_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 @dataclass
@@ -197,7 +188,10 @@ def _gallery(
             pmap = probability_map(cells, probs, lat=lat, lon=lon, log=True, title=str(row["id"]))
             items.append(
                 GalleryItem(
-                    kind, caption, _data_uri(render_explanation(expl)), _data_uri(pmap.figure)
+                    kind,
+                    caption,
+                    _data_uri(figure_bytes(render_explanation(expl))),
+                    _data_uri(figure_bytes(pmap.figure)),
                 )
             )
     return items
@@ -238,9 +232,11 @@ def build_report(
         "with images)",
     )
     with tempfile.TemporaryDirectory() as tmp:
-        reliability = _file_uri(write_reliability_diagram(metrics, Path(tmp) / "reliability.png"))
+        reliability = _data_uri(
+            write_reliability_diagram(metrics, Path(tmp) / "r.png").read_bytes()
+        )
     gallery = _gallery(predictor, rows, stats, pick_examples(stats, per_kind), **occlusion)
-    page = _page(title, metrics, reliability, _data_uri(acc_map), gallery, len(stats))
+    page = _page(title, metrics, reliability, _data_uri(figure_bytes(acc_map)), gallery, len(stats))
     return write_text(out / "report.html", page)
 
 

@@ -336,12 +336,8 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     async def read_image(upload: UploadFile) -> tuple[Image.Image, float]:
-        """Read the upload (bounded by the body limit) and decode it in a worker thread."""
-        if upload.size is not None and upload.size > max_bytes:
-            raise HTTPException(
-                413, f"the image is {_bytes(upload.size)}, over the {_bytes(max_bytes)} limit"
-            )
-        data = await upload.read(max_bytes + 1)
+        """Read the upload (its size is bounded by BodyLimit) and decode it in a worker thread."""
+        data = await upload.read()
         t0 = time.perf_counter()
         img = await run_in_threadpool(
             decode_upload,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,9 +129,27 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A well-mixed 32-bit seed for one (run seed, epoch, process) triple."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, rank: int, stream: int = 0) -> int:
+    """A well-mixed 32-bit seed for one (run seed, epoch, process, use) tuple."""
+    return int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0])
+
+
+class EpochSeededLoader(DataLoader):
+    """A DataLoader whose worker seeds depend only on (seed, epoch, rank).
+
+    DataLoader draws its workers' base seed when an iterator is created; Lightning creates the
+    first epoch's iterator of a (resumed) run before ``on_train_epoch_start``, later ones after,
+    so drawing from the global RNG would make augmentation depend on where a run started.
+    """
+
+    def __init__(self, *args, seed: int, trainer: L.Trainer, **kwargs) -> None:
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        self._seed, self._trainer = seed, trainer
+
+    def __iter__(self):
+        t = self._trainer
+        self.generator.manual_seed(epoch_seed(self._seed, t.current_epoch, t.global_rank, 1))
+        return super().__iter__()
 
 
 class GeoViTModule(L.LightningModule):
@@ -228,7 +247,8 @@ class GeoViTModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.val_km.update_count:
-            self.log("val/median_km", self.val_km.compute().median().float(), prog_bar=True)
+            km = self.val_km.compute().cpu().numpy()  # gathered from every process
+            self.log("val/median_km", float(np.median(km)), prog_bar=True)
         self.val_km.reset()
 
     # ---- optimization ----------------------------------------------------------------------
@@ -252,6 +272,20 @@ class GeoViTModule(L.LightningModule):
         else:
             sched = cosine
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_epoch_end(self) -> None:
+        """Step ReduceLROnPlateau here, before this epoch's checkpoints are written.
+
+        Lightning steps epoch schedulers after saving, and skips that step when it resumes from
+        such a checkpoint, so a resumed run would lag one LR reduction behind the original.
+        """
+        loss = self.trainer.callback_metrics.get("val/loss")
+        if self.config.scheduler == "plateau" and loss is not None:
+            self.lr_schedulers().step(float(loss))
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step()  # plateau is stepped in on_train_epoch_end
 
     # ---- checkpoints -----------------------------------------------------------------------
     def train_info(self) -> dict:
@@ -322,21 +356,28 @@ class GeoDataModule(L.LightningDataModule):
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
-        world = self.trainer.world_size if self.trainer else 1
-        rank = self.trainer.global_rank if self.trainer else 0
+        world, rank = self.trainer.world_size, self.trainer.global_rank
         sampler = DistributedSampler(
             ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed
         )
-        return DataLoader(
-            ds,
+        kwargs = dict(
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.workers,
             collate_fn=collate_skip_bad,
-            drop_last=train and len(sampler) > self.batch_size,  # no 1-image BatchNorm batches
             pin_memory=torch.cuda.is_available(),
-            # fresh workers each epoch: their seeds come from the epoch's reseeded RNG
+            # fresh workers each epoch: their seeds come from (seed, epoch, rank)
             persistent_workers=False,
+        )
+        if not train:
+            return DataLoader(ds, **kwargs)
+        # drop a last partial batch (no 1-image BatchNorm batches) unless it is the only one
+        return EpochSeededLoader(
+            ds,
+            seed=self.seed,
+            trainer=self.trainer,
+            drop_last=len(sampler) > self.batch_size,
+            **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -436,10 +477,13 @@ def fit(
         _check_resumable(resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_cb = ModelCheckpoint(
-        dirpath=out, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True
+        dirpath=out, filename="best", monitor="val/loss", mode="min", save_top_k=1
     )
+    # Lightning's save_last only refreshes last.ckpt when a new best is saved: keep our own
+    last_cb = ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1)
     all_callbacks: list[Callback] = [
         ckpt_cb,
+        last_cb,
         StageSchedule(),
         ReseedEachEpoch(cfg.seed),
         LearningRateMonitor(logging_interval="epoch"),
@@ -468,18 +512,24 @@ def fit(
         limit_val_batches=cfg.limit_val_batches,
         log_every_n_steps=10,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=resume is not None)
+    with warnings.catch_warnings():
+        # logs/ and tb/ live next to the checkpoints by design
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else out / "last.ckpt"
     model_path = out / "model.pt"
+    metrics: dict = {}
     if trainer.is_global_zero:
-        save_checkpoint(model_path, load_checkpoint(best))
+        loaded = load_checkpoint(best)
+        save_checkpoint(model_path, loaded)
+        metrics = loaded.train.get("val", {})
     trainer.strategy.barrier()
     return TrainResult(
         out_dir=out,
         best_ckpt=best,
         last_ckpt=out / "last.ckpt",
         model_path=model_path,
-        best=load_checkpoint(best).train.get("val", {}) if trainer.is_global_zero else {},
+        best=metrics,
         epochs=trainer.current_epoch,
     )
 
@@ -504,6 +554,7 @@ def train(
     progress: bool = True,
 ) -> tuple[TrainResult, DataReport]:
     """Train GeoViT on a manifest's train split, validating on its val split each epoch."""
+    L.seed_everything(config.seed, workers=True, verbose=False)  # the initial weights too
     module = GeoViTModule(model_config, cells, config)
     mean, std = module.model.normalization
     dm, report = build_datamodule(

@@ -25,16 +25,23 @@ FORMATS = ("table", "json", "geojson")
 CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help="model.pt, best.ckpt or last.ckpt.")
 DATA = typer.Option(..., "--data", "-d", help="Dataset folder or table (any format geovit reads).")
 DATA_FORMAT = typer.Option("auto", "--format", help="Dataset layout (auto-detected by default).")
-VAL_SPLIT = typer.Option("sequence", help="How validation is carved from train (as in training).")
-SEED = typer.Option(0, help="Seed of the validation split (as in training).")
+VAL_FRACTION = typer.Option(0.1, help="Share of train records held out for val (as in training).")
+VAL_SPLIT = typer.Option(
+    "sequence", help="sequence, random or spatial val hold-out (as in training)."
+)
+SPLIT_SEED = typer.Option(0, help="Seed of the val hold-out (as in training).")
 BATCH_SIZE = typer.Option(64, "--batch-size", "-b", help="Images per forward pass.")
 WORKERS = typer.Option(0, "--workers", "-w", help="DataLoader worker processes.")
 
 
-def _load_split_manifest(data: Path, fmt: str, val_split: str, seed: int) -> pd.DataFrame:
+def _load_split_manifest(
+    data: Path, fmt: str, val_fraction: float, val_split: str, split_seed: int
+) -> pd.DataFrame:
     from geovit.data.manifest import load_manifest
 
-    manifest, report = load_manifest(data, fmt=fmt, val_split=val_split, seed=seed)
+    manifest, report = load_manifest(
+        data, fmt=fmt, val_fraction=val_fraction, val_split=val_split, seed=split_seed
+    )
     for line in report.lines():
         err_console.print(line, highlight=False)
     return manifest
@@ -79,8 +86,9 @@ def evaluate(
     batch_size: int = BATCH_SIZE,
     workers: int = WORKERS,
     fmt: str = DATA_FORMAT,
+    val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
-    seed: int = SEED,
+    split_seed: int = SPLIT_SEED,
 ) -> None:
     """Score a checkpoint on one split: cell accuracy, distances, places, calibration."""
     from geovit.evaluation import evaluate as run_evaluation
@@ -89,7 +97,7 @@ def evaluate(
 
     ks = _parse_ks(top_k)
     predictor = Predictor.from_checkpoint(checkpoint)
-    manifest = _load_split_manifest(data, fmt, val_split, seed)
+    manifest = _load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
     with _progress() as bar:
         task = bar.add_task(f"evaluating {split}", total=len(split_rows(manifest, split)))
         metrics = run_evaluation(
@@ -125,8 +133,9 @@ def calibrate(
     batch_size: int = BATCH_SIZE,
     workers: int = WORKERS,
     fmt: str = DATA_FORMAT,
+    val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
-    seed: int = SEED,
+    split_seed: int = SPLIT_SEED,
 ) -> None:
     """Fit a softmax temperature on the validation split and store it in the checkpoint."""
     from geovit.checkpoint import set_temperature
@@ -135,7 +144,7 @@ def calibrate(
     from geovit.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
-    manifest = _load_split_manifest(data, fmt, val_split, seed)
+    manifest = _load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
     with _progress() as bar:
         n = min(len(split_rows(manifest, split)), max_images)
         task = bar.add_task(f"logits of {split}", total=n)
@@ -146,8 +155,13 @@ def calibrate(
             batch_size=batch_size,
             workers=workers,
             max_images=max_images,
-            seed=seed,
             progress=lambda k: bar.advance(task, k),
+        )
+    if fit.at_bound:
+        err_console.print(
+            f"[yellow]warning:[/] the best temperature lies at the search bound "
+            f"({fit.temperature:.3g}), so the fit is unreliable: is the model trained?",
+            highlight=False,
         )
     set_temperature(checkpoint, fit.temperature)
     table = Table(

@@ -835,8 +835,11 @@ def _write_tables(tmp: Path, frames: pd.DataFrame) -> dict:
             "city": frames["city"],
         }
     )
-    for col in ("city", "sub-region", "region", "country"):
-        table[f"unique_{col}"] = table[col]
+    # OSV-5M's unique_* labels join the coarser levels in, so that equal names in two states
+    # differ; this is the format geovit.metrics.reverse_geocode gives predictions
+    levels = ["city", "sub-region", "region", "country"]
+    for i, col in enumerate(levels):
+        table[f"unique_{col}"] = table[levels[i:]].astype(str).agg("_".join, axis=1)
     table["synthetic"] = True
     for split in ("train", "test"):
         table[frames["split"] == split].to_csv(tmp / f"{split}.csv", index=False)

@@ -1,0 +1,153 @@
+"""ONNX export: parity with torch, the sidecar, OnnxPredictor, and serving the exported file.
+
+References: the torch model's logits (fp32), onnx.checker, a raw onnxruntime session, a NumPy
+softmax, and the checkpoint's own cell table.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from geovit.checkpoint import load_checkpoint, set_temperature
+from geovit.cli import app
+from geovit.errors import GeovitError
+from geovit.export import OnnxPredictor, export_onnx, load_predictor, sidecar_path
+from geovit.predictor import Predictor
+from geovit.serve import create_app
+from test_serve import IMAGE_SIZE, build_checkpoint
+
+TEMPERATURE = 1.7
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_cells, tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, model.onnx) exported through the CLI."""
+    folder = tmp_path_factory.mktemp("export")
+    ckpt = build_checkpoint(tiny_cells, folder / "model.pt")
+    set_temperature(ckpt, TEMPERATURE)
+    out = folder / "model.onnx"
+    res = CliRunner().invoke(
+        app, ["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    return ckpt, out
+
+
+@pytest.fixture(scope="module")
+def photos(tiny_world) -> list[Path]:
+    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[:4]
+
+
+def test_export_writes_a_valid_model_and_sidecar(exported):
+    ckpt, out = exported
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "model.onnx",
+        "model.onnx.json",
+        "model.pt",
+    ]  # no temp files left behind
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    (inp,) = model.graph.input
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, IMAGE_SIZE, IMAGE_SIZE]
+    meta = json.loads(sidecar_path(out).read_text())
+    loaded = load_checkpoint(ckpt)
+    assert meta["image_size"] == IMAGE_SIZE
+    assert meta["temperature"] == pytest.approx(TEMPERATURE)
+    assert tuple(meta["mean"]) == loaded.mean and tuple(meta["std"]) == loaded.std
+    pd.testing.assert_frame_equal(pd.DataFrame(meta["cells"]), loaded.cells.to_frame())
+
+
+def test_onnx_logits_match_torch_for_any_batch(exported):
+    ckpt, out = exported
+    model = load_checkpoint(ckpt).model
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
+        with torch.inference_mode():
+            ref = model(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() < 1e-3
+        top5 = lambda a: np.argsort(-a, axis=1, kind="stable")[:, :5]  # noqa: E731
+        np.testing.assert_array_equal(top5(got), top5(ref))
+
+
+def test_onnx_predictor_matches_torch_predictor(exported, photos):
+    ckpt, out = exported
+    torch_pred, onnx_pred = (
+        Predictor.from_checkpoint(ckpt, device="cpu"),
+        OnnxPredictor.from_onnx(out),
+    )
+    assert list(onnx_pred.cells.tokens) == list(torch_pred.cells.tokens)
+    for a, b in zip(torch_pred.predict(photos), onnx_pred.predict(photos), strict=True):
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+        assert (a.best_lat, a.best_lon) == (b.best_lat, b.best_lon)
+
+
+def test_onnx_predictor_applies_the_sidecar_temperature(exported):
+    _, out = exported
+    pred = OnnxPredictor.from_onnx(out, threads=1)
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    z = session.run(None, {"image": x.numpy()})[0].astype(np.float64) / TEMPERATURE
+    ref = np.exp(z - z.max(axis=1, keepdims=True))
+    ref /= ref.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(pred.predict_proba(x).numpy(), ref, atol=1e-6)
+
+
+def test_server_runs_the_onnx_model(exported, photos):
+    ckpt, out = exported
+    data = photos[0].read_bytes()
+    ref = Predictor.from_checkpoint(ckpt, device="cpu").predict(Image.open(io.BytesIO(data)))
+    with TestClient(create_app(load_predictor(out))) as client:
+        assert client.get("/health").json()["backend"] == "OnnxPredictor"
+        files = {"image": ("a.jpg", data, "image/jpeg")}
+        body = client.post("/predict", files=files).json()
+        assert [c["token"] for c in body["top_k"]] == ref.tokens
+        heat = client.post("/explain", params={"stride": 16}, files=files)
+        assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
+
+
+def test_export_and_load_errors_are_one_line(exported, tmp_path):
+    ckpt, out = exported
+    with pytest.raises(GeovitError, match=r"must end in \.onnx"):
+        export_onnx(ckpt, tmp_path / "model.bin")
+    lonely = tmp_path / "lonely.onnx"
+    lonely.write_bytes(out.read_bytes())
+    with pytest.raises(GeovitError, match="no sidecar"):
+        OnnxPredictor.from_onnx(lonely)
+    with pytest.raises(GeovitError, match="does not exist"):
+        load_predictor(tmp_path / "missing.onnx")
+    assert type(load_predictor(ckpt)) is Predictor
+    res = CliRunner().invoke(app, ["export", "-c", str(tmp_path / "nope.pt"), "-o", str(lonely)])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_cli_serve_defaults_to_loopback_and_takes_an_onnx_model(exported, monkeypatch):
+    """`geovit serve` wiring: the app it would run (uvicorn is replaced) serves the model."""
+    import geovit.serve
+
+    _, out = exported
+    started = {}
+    monkeypatch.setattr(geovit.serve, "run", lambda app, host, port: started.update(locals()))
+    res = CliRunner().invoke(app, ["serve", "--checkpoint", str(out), "--max-mb", "1"])
+    assert res.exit_code == 0, res.output
+    assert started["host"] == "127.0.0.1" and started["port"] == 8000
+    with TestClient(started["app"]) as client:
+        health = client.get("/health").json()
+    assert health["backend"] == "OnnxPredictor" and health["max_bytes"] == 1_000_000
