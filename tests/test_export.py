@@ -99,6 +99,24 @@ def test_onnx_predictor_matches_torch_predictor(exported, photos):
         assert (a.best_lat, a.best_lon) == (b.best_lat, b.best_lon)
 
 
+def test_cli_predict_runs_the_onnx_model(exported, photos):
+    ckpt, out = exported
+    runs = {
+        flag: CliRunner().invoke(
+            app, ["predict", flag, str(path), "--format", "json", "-k", "3", *map(str, photos)]
+        )
+        for flag, path in (("--checkpoint", ckpt), ("--onnx", out))
+    }
+    for res in runs.values():
+        assert res.exit_code == 0, res.output
+    torch_out, onnx_out = (json.loads(runs[f].stdout) for f in ("--checkpoint", "--onnx"))
+    assert [[c["token"] for c in r["top_k"]] for r in onnx_out] == [
+        [c["token"] for c in r["top_k"]] for r in torch_out
+    ]
+    both = CliRunner().invoke(app, ["predict", "--onnx", str(out), "-c", str(ckpt), str(photos[0])])
+    assert both.exit_code == 2 and "exactly one" in both.output
+
+
 def test_onnx_predictor_applies_the_sidecar_temperature(exported):
     _, out = exported
     pred = OnnxPredictor.from_onnx(out, threads=1)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pandas as pd
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
+from typer.testing import CliRunner
 
 from geovit.cells import CellPartition
 from geovit.checkpoint import load_checkpoint
+from geovit.cli import app
+from geovit.data.manifest import load_manifest
 from geovit.geo import haversine_km
 from geovit.model import model_config
 from geovit.training import (
@@ -26,6 +27,7 @@ from geovit.training import (
     GeoDataModule,
     GeoViTModule,
     TrainConfig,
+    build_datamodule,
     fit,
 )
 
@@ -150,9 +152,11 @@ def test_each_stage_trains_exactly_its_parts(tmp_path):
         cnn_frozen = "cnn" not in TRAINABLE[e["stage"]]
         assert e["cnn_training"] is not cnn_frozen
         # frozen BatchNorm keeps its statistics; training BatchNorm updates them
-        assert (e["changed_buffers"] & bn_stats == set()) if cnn_frozen else bn_stats <= e[
-            "changed_buffers"
-        ]
+        assert (
+            (e["changed_buffers"] & bn_stats == set())
+            if cnn_frozen
+            else bn_stats <= e["changed_buffers"]
+        )
     assert {part_of(n) for n in probe.epochs[1]["changed_params"]} == set(PARTS)
 
 
@@ -164,7 +168,7 @@ def read_metrics(run: Path) -> pd.DataFrame:
 
 
 def test_small_preset_learns_toy_world(tmp_path):
-    module, result = toy_run(
+    _, result = toy_run(
         tmp_path,
         n_train=96,
         n_val=48,
@@ -223,28 +227,105 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, scheduler):
 
 
 DDP_SCRIPT = """
-import sys, torch
+import sys, pathlib, torch
 sys.path.insert(0, {tests!r})
 import test_training as t
-module, result = t.toy_run(__import__("pathlib").Path({out!r}), devices=2, n_train=32,
-                           limit_train_batches=1.0, epochs=3)
-rank = module.global_rank
-torch.save({{k: v.detach() for k, v in module.model.state_dict().items()}}, f"{out}/rank{{rank}}.pt")
+seen = t.SeenIndices()
+module, result = t.toy_run(pathlib.Path({out!r}), devices=2, n_train=32, limit_train_batches=1.0,
+                           epochs=3, callbacks=[seen])
+torch.save({{"weights": {{k: v.detach() for k, v in module.model.state_dict().items()}},
+            "seen": seen.indices}}, f"{out}/rank{{module.global_rank}}.pt")
 """
 
 
+class SeenIndices(Callback):
+    """The sample indices each epoch's training batches held (in this process)."""
+
+    def __init__(self) -> None:
+        self.indices: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.indices.setdefault(trainer.current_epoch, []).extend(batch["index"].tolist())
+
+
 def test_ddp_two_processes_end_with_identical_weights(tmp_path):
-    script = tmp_path / "ddp_run.py"
-    out = tmp_path / "run"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))))
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    script, out = tmp_path / "ddp_run.py", tmp_path / "run"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=400
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    w0 = torch.load(out / "rank0.pt", weights_only=True)
-    w1 = torch.load(out / "rank1.pt", weights_only=True)
-    assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    best = load_checkpoint(out / "model.pt").train
-    assert best["data"] == {} and best["config"]["devices"] == 2
+    r0 = torch.load(out / "rank0.pt", weights_only=True)
+    r1 = torch.load(out / "rank1.pt", weights_only=True)
+    # each process trained on its own half of the data ...
+    for epoch in range(3):
+        seen0, seen1 = r0["seen"][epoch], r1["seen"][epoch]
+        assert sorted(seen0 + seen1) == list(range(32))
+    # ... yet gradients were averaged, so both end with the same weights, which did move
+    assert all(torch.equal(r0["weights"][k], r1["weights"][k]) for k in r0["weights"])
+    saved = load_checkpoint(out / "model.pt")
+    assert saved.train["config"]["devices"] == 2
+    L.seed_everything(0, verbose=False)
+    init = GeoViTModule(model_config("small", K, image_size=SIZE), toy_cells(), TrainConfig())
+    assert not torch.equal(init.model.head.weight, r0["weights"]["head.weight"])
+
+
+def test_outside_rows_are_counted_and_excluded(tiny_world, tiny_cells):
+    manifest, _ = load_manifest(tiny_world)
+    cells = CellPartition.load(tiny_cells)
+    far = pd.DataFrame(  # Antarctica: no tiny-world cell comes near
+        {"id": ["x1", "x2", "x3", "x4", "x5"], "image": manifest["image"].iloc[:5].to_numpy(),
+         "latitude": -80.0, "longitude": 0.0, "split": ["train"] * 3 + ["val"] * 2}
+    )  # fmt: skip
+    kw = dict(image_size=SIZE, mean=(0.5,) * 3, std=(0.5,) * 3, config=TrainConfig(workers=0))
+    _, base = build_datamodule(manifest, cells, **kw)
+    dm, rep = build_datamodule(pd.concat([manifest, far], ignore_index=True), cells, **kw)
+    assert rep.n_train_outside == base.n_train_outside + 3
+    assert rep.n_val_outside == base.n_val_outside + 2
+    assert len(dm.train_ds) == rep.n_train == base.n_train
+    assert len(dm.val_ds) == rep.n_val == base.n_val + 2  # kept: they count as misses
+    n_rows = (manifest["split"] == "train").sum()
+    assert base.n_train + base.n_train_outside == n_rows
+    assert (dm.val_coords[-2:] == [[-80.0, 0.0], [-80.0, 0.0]]).all()
+
+
+def test_train_cli_on_tiny_world(tmp_path, tiny_world, tiny_cells):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_world), "--cells", str(tiny_cells), "--out", str(out),
+            "--preset", "small", "--image-size", str(SIZE), "--no-pretrained", "--epochs", "2",
+            "--freeze-epochs", "1", "--cnn-refreeze-epoch", "2", "--batch-size", "16",
+            "--workers", "0", "--accelerator", "cpu", "--limit-train-batches", "2",
+            "--limit-val-batches", "2", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "outside the kept cells" in result.output
+    for name in ("best.ckpt", "last.ckpt", "model.pt", "logs/version_0/metrics.csv"):
+        assert (out / name).is_file(), name
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
+    model = load_checkpoint(out / "model.pt")
+    best = load_checkpoint(out / "best.ckpt")
+    assert all(
+        torch.equal(v, best.model.state_dict()[k]) for k, v in model.model.state_dict().items()
+    )
+    assert list(model.cells.tokens) == list(CellPartition.load(tiny_cells).tokens)
+    assert model.train["config"]["epochs"] == 2 and model.image_size == SIZE
+    assert set(model.train["val"]) >= {"val/loss", "val/acc1", "val/acc5", "val/median_km"}
+
+    # resuming needs the Lightning checkpoint, not the weights-only model.pt
+    bad = CliRunner().invoke(app, [*args, "--resume", str(out / "model.pt")])
+    assert bad.exit_code == 2 and "last.ckpt" in bad.output
+    more = CliRunner().invoke(
+        app, [*args[:-1], "--epochs", "3", "--resume", str(out / "last.ckpt")]
+    )
+    assert more.exit_code == 0, more.output
+    assert load_checkpoint(out / "last.ckpt").train["epoch"] == 2
+
+
+def test_train_cli_reports_missing_weights_in_one_line(tmp_path, tiny_world, tiny_cells):
+    missing = tmp_path / "no.pth"
+    args = ["train", "--data", str(tiny_world), "--cells", str(tiny_cells), "--out",
+            str(tmp_path / "r"), "--preset", "small", "--cnn-weights", str(missing)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "no.pth" in result.output and "not found" in result.output
+    assert not (tmp_path / "r" / "last.ckpt").exists()

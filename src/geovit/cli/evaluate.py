@@ -229,19 +229,27 @@ def _geojson(predictor: Predictor, results: list[tuple[str, Prediction]]) -> dic
 @friendly
 def predict(
     images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
-    checkpoint: Path = CHECKPOINT,
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", "-c", help="model.pt, best.ckpt or last.ckpt."
+    ),
+    onnx: Path | None = typer.Option(
+        None, "--onnx", help="An exported model.onnx (with its .json sidecar) run by onnxruntime."
+    ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Cells to list per image."),
     output: str = typer.Option("table", "--format", "-f", help="table, json or geojson."),
 ) -> None:
     """Where was each photo taken? Top-k cells with probabilities and a best-guess point."""
-    from geovit.predictor import Predictor, expand_images, predict_files
+    from geovit.export import load_predictor
+    from geovit.predictor import expand_images, predict_files
 
+    if (checkpoint is None) == (onnx is None):
+        raise GeovitError("pass exactly one of --checkpoint CKPT or --onnx model.onnx")
     if output not in FORMATS:
         raise GeovitError(f"--format {output!r} is not one of {', '.join(FORMATS)}")
     paths, problems = expand_images(images)
     if not paths and problems:
         raise GeovitError(f"no images to predict: {problems[0][0]}: {problems[0][1]}")
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = load_predictor(checkpoint or onnx)
     results = predict_files(predictor, paths, top_k=top_k)
     failed = problems + [(p, r) for p, r in results if isinstance(r, str)]
     good = [(p, r) for p, r in results if not isinstance(r, str)]

@@ -213,7 +213,9 @@ async function loadHeatmap(file) {
   status.textContent = "computing occlusion heatmap…";
   const body = new FormData();
   body.append("image", file);
-  const response = await fetch("explain", { method: "POST", body });
+  // Stride 16 (the API default is the design's 8) keeps the page responsive on a CPU server:
+  // about 4x fewer occluded copies, the same 32 px patch.
+  const response = await fetch("explain?stride=16", { method: "POST", body });
   if (!response.ok) {
     status.textContent = `heatmap failed: ${await errorMessage(response)}`;
     return;
