@@ -228,6 +228,8 @@ class GeoViTModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         y = batch["label"]
         n = len(y)
+        self.log("val/bad_images", float(batch["n_bad"]), reduce_fx="sum", sync_dist=True,
+                 batch_size=max(n, 1))  # fmt: skip
         if n == 0:
             return
         logits = self(batch["image"]).float()

@@ -47,7 +47,7 @@ def explain(
     stride: int = STRIDE,
     fill: str = FILL,
     fast: bool = FAST,
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Occluded copies per forward."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Occluded copies per forward."),
 ) -> None:
     """Occlusion heatmap: which parts of the photo the target cell's probability depends on."""
     from geovit.explain import explain_image, render_explanation

@@ -8,6 +8,7 @@ import typer
 
 from geovit.cli._app import app
 from geovit.cli._common import console, friendly
+from geovit.errors import GeovitError
 
 
 @app.command("train")
@@ -17,7 +18,7 @@ def train(
         ..., "--data", help="Dataset folder or table (any format geovit reads)."
     ),
     cells_path: Path = typer.Option(
-        ..., "--cells", help="cells.parquet from `geovit cells build`."
+        None, "--cells", help="cells.parquet from `geovit cells build` (not with --resume)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, model.pt."),
     preset: str = typer.Option("seed", help="Model preset: seed (the design, GPU) or small (CPU)."),
@@ -55,6 +56,8 @@ def train(
     progress: bool = typer.Option(True, help="Rich progress bars."),
 ) -> None:
     """Train GeoViT on DATA's train split (three stages), validating on its val split."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from geovit.cells import CellPartition
     from geovit.data.manifest import load_manifest
     from geovit.model import model_config
@@ -86,6 +89,8 @@ def train(
     if resume is not None:
         model_cfg, cells = resume_model(resume)
         console.print(f"resuming {resume}: model and cells come from the checkpoint")
+    elif cells_path is None:
+        raise GeovitError("--cells is required: pass the cells.parquet from `geovit cells build`")
     else:
         cells = CellPartition.load(cells_path)
         overrides = {"image_size": image_size} if image_size else {}
@@ -105,6 +110,8 @@ def train(
     result, data_report = run_training(
         manifest, cells, out, model_cfg, config, resume=resume, progress=progress
     )
+    if rank_zero_only.rank != 0:
+        return  # under DDP every process runs this command; one summary is enough
     for line in data_report.lines():
         console.print(line, highlight=False)
     best = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best.items()))
