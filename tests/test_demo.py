@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from geovit.cells import CellPartition
-from geovit.demo import DemoSettings, majority_baseline, run_demo, scaled_thresholds
+from geovit.demo import (
+    DemoSettings,
+    majority_baseline,
+    run_demo,
+    scaled_thresholds,
+    stage_boundaries,
+)
 from geovit.geo import haversine_km
 
 TINY = DemoSettings(
@@ -70,8 +76,14 @@ def test_model_card_agrees_with_metrics_json(demo) -> None:
         metrics["distance"]["accuracy_within_km"]["200"], abs=1e-6
     )
     assert "synthetic" in card.lower() and "synthetic-data" in meta["tags"]
-    for section in ("## Architecture", "## Training", "## Evaluation", "## Limitations",
-                    "## Out-of-scope uses", "## Ethical considerations"):
+    for section in (
+        "## Architecture",
+        "## Training",
+        "## Evaluation",
+        "## Limitations",
+        "## Out-of-scope uses",
+        "## Ethical considerations",
+    ):
         assert section in card
     assert f"{100 * acc['top1']:.2f}%" in card
 
@@ -92,7 +104,9 @@ def test_datasheet_counts_match_the_data(demo) -> None:
     }
     n_train, n_val = (int(rows[s][0].replace(",", "")) for s in ("train", "val"))
     assert n_train + n_val == len(train) and int(rows["test"][0].replace(",", "")) == len(test)
-    outside_test = (cells.assign(test["latitude"].to_numpy(), test["longitude"].to_numpy()) < 0).sum()
+    outside_test = (
+        cells.assign(test["latitude"].to_numpy(), test["longitude"].to_numpy()) < 0
+    ).sum()
     assert int(rows["test"][1].replace(",", "")) == outside_test
     assert f"{len(cells):,} cells" in sheet
     for state in test["region"].unique():
@@ -109,8 +123,10 @@ def test_majority_baseline_by_hand() -> None:
     labels = cells.assign(lat, lon)
     assert b["chance_top1"] == 1 / len(cells)
     assert b["majority_top1"] == pytest.approx(np.mean(labels == common))
-    d = [haversine_km(a, o, cells.centroid_lat[common], cells.centroid_lon[common]) for a, o in
-         zip(lat, lon, strict=True)]
+    d = [
+        haversine_km(a, o, cells.centroid_lat[common], cells.centroid_lon[common])
+        for a, o in zip(lat, lon, strict=True)
+    ]
     assert b["majority_within_200km"] == pytest.approx(np.mean(np.array(d) < 200))
 
 
@@ -129,3 +145,10 @@ def test_cli_demo_rejects_bad_sizes(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--n", "-5"])
     assert res.exit_code == 2
     assert "error" in res.output.lower()
+
+
+def test_stage_boundaries_follow_the_design() -> None:
+    assert stage_boundaries(23) == (3, 20)  # the design: 0-2 heads only, 20-22 CNN frozen
+    default = DemoSettings()
+    assert stage_boundaries(default.epochs) == (default.freeze_epochs, default.cnn_refreeze_epoch)
+    assert stage_boundaries(1) == (0, 1)

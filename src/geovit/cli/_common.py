@@ -5,14 +5,61 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from geovit.errors import GeovitError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from geovit.data.manifest import ManifestReport
+
 console = Console()
 err_console = Console(stderr=True)
+
+
+# Options every command that reads a dataset shares: the val hold-out must be the same one
+# that `cells build` and `train` used, or validation images leak into the cells.
+CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help="model.pt, best.ckpt or last.ckpt.")
+DATA = typer.Option(..., "--data", "-d", help="Dataset folder or table (any format geovit reads).")
+DATA_FORMAT = typer.Option("auto", "--format", help="Dataset layout (auto-detected by default).")
+VAL_FRACTION = typer.Option(0.1, help="Share of train records held out for val (as in training).")
+VAL_SPLIT = typer.Option(
+    "sequence", help="sequence, random or spatial val hold-out (as in training)."
+)
+SPLIT_SEED = typer.Option(0, help="Seed of the val hold-out (as in training).")
+BATCH_SIZE = typer.Option(64, "--batch-size", "-b", help="Images per forward pass.")
+WORKERS = typer.Option(0, "--workers", "-w", help="DataLoader worker processes.")
+
+
+def load_split_manifest(
+    data: Path, fmt: str, val_fraction: float, val_split: str, split_seed: int
+) -> tuple[pd.DataFrame, ManifestReport]:
+    """Read DATA with the val hold-out of training; the report's lines go to stderr."""
+    from geovit.data.manifest import load_manifest
+
+    manifest, report = load_manifest(
+        data, fmt=fmt, val_fraction=val_fraction, val_split=val_split, seed=split_seed
+    )
+    for line in report.lines():
+        err_console.print(line, highlight=False)
+    return manifest, report
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,30 +9,39 @@ from pathlib import Path
 import typer
 
 from geovit.cli._app import app
-from geovit.cli._common import console, friendly
+from geovit.cli._common import (
+    CHECKPOINT,
+    DATA,
+    DATA_FORMAT,
+    SPLIT_SEED,
+    VAL_FRACTION,
+    VAL_SPLIT,
+    console,
+    friendly,
+    load_split_manifest,
+)
 
 
 @app.command()
 @friendly
 def demo(
     out: Path = typer.Option(Path("demo_run"), "--out", help="Folder for every artefact."),
-    n: int = typer.Option(6000, help="Synthetic images to generate."),
-    seed: int = typer.Option(0, help="Seed of the world and the training run."),
-    epochs: int = typer.Option(8, help="Training epochs (three stages scale with it)."),
+    n: int = typer.Option(None, help="Synthetic images to generate [default: 6000]."),
+    seed: int = typer.Option(None, help="Seed of the world and the training run [default: 0]."),
+    epochs: int = typer.Option(
+        None, help="Training epochs; the three stages keep the design's proportions [default: 6]."
+    ),
 ) -> None:
     """Run every stage on a synthetic world: synth, cells, train, calibrate, evaluate, explain,
     maps, report, model card and datasheet. Offline, a few minutes on a laptop CPU."""
-    from geovit.demo import DemoSettings, run_demo
+    from geovit.demo import DemoSettings, run_demo, stage_boundaries
 
     start = time.perf_counter()
-    refreeze = max(2, round(epochs * 0.75))
-    settings = DemoSettings(
-        n=n,
-        seed=seed,
-        epochs=epochs,
-        freeze_epochs=max(1, epochs // 8),
-        cnn_refreeze_epoch=refreeze,
-    )
+    given = {"n": n, "seed": seed}
+    if epochs is not None:
+        freeze, refreeze = stage_boundaries(epochs)
+        given |= {"epochs": epochs, "freeze_epochs": freeze, "cnn_refreeze_epoch": refreeze}
+    settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
     result = run_demo(out, settings, say=lambda line: console.print(line, highlight=False))
     m, b = result.metrics, result.baselines
     top1 = m["cell_accuracy"]["all_images"]["top1"]
@@ -52,3 +61,58 @@ def demo(
         console.print(f"  {name:12s} {path}")
     (out / "baselines.json").write_text(json.dumps(b, indent=2))
     console.print(f"done in {time.perf_counter() - start:,.0f} s; open {result.files['report']}")
+
+
+@app.command()
+@friendly
+def card(
+    checkpoint: Path = CHECKPOINT,
+    data: Path = DATA,
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for MODEL_CARD.md and DATASHEET.md."),
+    metrics: Path = typer.Option(
+        None, help="metrics.json of an earlier `geovit evaluate` (else the test split is scored)."
+    ),
+    name: str = typer.Option(None, help="Dataset name for the documents (default: the folder)."),
+    fmt: str = DATA_FORMAT,
+    val_fraction: float = VAL_FRACTION,
+    val_split: str = VAL_SPLIT,
+    split_seed: int = SPLIT_SEED,
+) -> None:
+    """Write MODEL_CARD.md (Hugging Face format) and DATASHEET.md from a run's own numbers."""
+    from geovit.card import DatasetInfo, write_cards
+    from geovit.checkpoint import load_checkpoint
+    from geovit.data.synth import world_info
+    from geovit.errors import GeovitError
+    from geovit.evaluation import evaluate
+    from geovit.predictor import Predictor
+
+    manifest, report = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    ckpt = load_checkpoint(checkpoint)
+    if metrics is None:
+        scores = evaluate(
+            Predictor(
+                ckpt.model, ckpt.cells, ckpt.mean, ckpt.std, ckpt.image_size, ckpt.temperature
+            ),
+            manifest,
+            "test",
+        )
+    else:
+        try:
+            scores = json.loads(metrics.read_text())
+        except (OSError, ValueError) as exc:
+            raise GeovitError(
+                f"cannot read --metrics {metrics}: {exc}; run geovit evaluate"
+            ) from None
+    try:
+        generator = world_info(data)
+    except GeovitError:
+        generator = None
+    info = DatasetInfo(
+        name=name or data.resolve().name,
+        source=str(data),
+        synthetic=generator is not None,
+        generator=generator,
+    )
+    paths = write_cards(out, ckpt, scores, manifest, report.lines(), info)
+    for path in paths:
+        console.print(f"wrote {path}")

@@ -8,54 +8,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from geovit.cli._app import app
-from geovit.cli._common import console, err_console, friendly
+from geovit.cli._common import (
+    BATCH_SIZE,
+    CHECKPOINT,
+    DATA,
+    DATA_FORMAT,
+    SPLIT_SEED,
+    VAL_FRACTION,
+    VAL_SPLIT,
+    WORKERS,
+    console,
+    err_console,
+    friendly,
+    load_split_manifest,
+    progress_bar,
+)
 from geovit.errors import GeovitError
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from geovit.predictor import Prediction, Predictor
 
 FORMATS = ("table", "json", "geojson")
-
-CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help="model.pt, best.ckpt or last.ckpt.")
-DATA = typer.Option(..., "--data", "-d", help="Dataset folder or table (any format geovit reads).")
-DATA_FORMAT = typer.Option("auto", "--format", help="Dataset layout (auto-detected by default).")
-VAL_FRACTION = typer.Option(0.1, help="Share of train records held out for val (as in training).")
-VAL_SPLIT = typer.Option(
-    "sequence", help="sequence, random or spatial val hold-out (as in training)."
-)
-SPLIT_SEED = typer.Option(0, help="Seed of the val hold-out (as in training).")
-BATCH_SIZE = typer.Option(64, "--batch-size", "-b", help="Images per forward pass.")
-WORKERS = typer.Option(0, "--workers", "-w", help="DataLoader worker processes.")
-
-
-def _load_split_manifest(
-    data: Path, fmt: str, val_fraction: float, val_split: str, split_seed: int
-) -> pd.DataFrame:
-    from geovit.data.manifest import load_manifest
-
-    manifest, report = load_manifest(
-        data, fmt=fmt, val_fraction=val_fraction, val_split=val_split, seed=split_seed
-    )
-    for line in report.lines():
-        err_console.print(line, highlight=False)
-    return manifest
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
 
 
 def _parse_ks(text: str) -> tuple[int, ...]:
@@ -97,8 +73,8 @@ def evaluate(
 
     ks = _parse_ks(top_k)
     predictor = Predictor.from_checkpoint(checkpoint)
-    manifest = _load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
-    with _progress() as bar:
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    with progress_bar() as bar:
         task = bar.add_task(f"evaluating {split}", total=len(split_rows(manifest, split)))
         metrics = run_evaluation(
             predictor,
@@ -144,8 +120,8 @@ def calibrate(
     from geovit.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
-    manifest = _load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
-    with _progress() as bar:
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    with progress_bar() as bar:
         n = min(len(split_rows(manifest, split)), max_images)
         task = bar.add_task(f"logits of {split}", total=n)
         fit = fit_on_split(
