@@ -145,6 +145,7 @@ def main() -> None:
     fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, args.out)
     print(f"wrote {args.out} ({len(text) / 1e6:.2f} MB): {json.dumps(doc['counts'])}")
 

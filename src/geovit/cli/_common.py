@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,16 @@ def load_split_manifest(
     for line in report.lines():
         err_console.print(line, highlight=False)
     return manifest, report
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics.json written by `geovit evaluate`."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GeovitError(
+            f"--metrics {path}: cannot read it as JSON ({exc}); write it with geovit evaluate"
+        ) from None
 
 
 def progress_bar() -> Progress:

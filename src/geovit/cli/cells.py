@@ -9,7 +9,15 @@ from rich.table import Table
 
 from geovit.cells import T1_DEFAULT, T2_DEFAULT, CellPartition
 from geovit.cli._app import app
-from geovit.cli._common import console, friendly
+from geovit.cli._common import (
+    DATA_FORMAT,
+    SPLIT_SEED,
+    VAL_FRACTION,
+    VAL_SPLIT,
+    console,
+    friendly,
+    load_split_manifest,
+)
 from geovit.errors import GeovitError
 from geovit.s2 import MAX_LEVEL
 
@@ -49,18 +57,13 @@ def build(
     out: Path = typer.Option(Path("cells.parquet"), "--out", "-o", help="Partition file to write."),
     min_level: int = typer.Option(0, "--min-level", help="Split every cell down to this level."),
     max_level: int = typer.Option(MAX_LEVEL, "--max-level", help="Never split below this level."),
-    fmt: str = typer.Option("auto", "--format", help="Dataset layout (auto-detected by default)."),
-    val_split: str = typer.Option(
-        "sequence", help="How validation is carved from train: sequence, random or spatial."
-    ),
-    seed: int = typer.Option(0, help="Seed of the validation split."),
+    fmt: str = DATA_FORMAT,
+    val_fraction: float = VAL_FRACTION,
+    val_split: str = VAL_SPLIT,
+    split_seed: int = SPLIT_SEED,
 ) -> None:
     """Build the adaptive cells from the train split of DATA and write them to --out."""
-    from geovit.data.manifest import load_manifest
-
-    manifest, report = load_manifest(data, fmt=fmt, val_split=val_split, seed=seed)
-    for line in report.lines():
-        console.print(line, highlight=False)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
     train = manifest[manifest["split"] == "train"]
     if train.empty:
         raise GeovitError(f"{data} has no train records to build cells from; check its splits")

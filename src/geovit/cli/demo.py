@@ -19,6 +19,7 @@ from geovit.cli._common import (
     console,
     friendly,
     load_split_manifest,
+    read_metrics,
 )
 
 
@@ -97,12 +98,7 @@ def card(
             "test",
         )
     else:
-        try:
-            scores = json.loads(metrics.read_text())
-        except (OSError, ValueError) as exc:
-            raise GeovitError(
-                f"cannot read --metrics {metrics}: {exc}; run geovit evaluate"
-            ) from None
+        scores = read_metrics(metrics)
     try:
         generator = world_info(data)
     except GeovitError:

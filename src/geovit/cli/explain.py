@@ -3,16 +3,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from geovit.cli._app import app
-from geovit.cli._common import console, err_console, friendly
+from geovit.cli._common import (
+    CHECKPOINT,
+    DATA,
+    DATA_FORMAT,
+    SPLIT_SEED,
+    VAL_FRACTION,
+    VAL_SPLIT,
+    console,
+    friendly,
+    load_split_manifest,
+    read_metrics,
+)
 from geovit.errors import GeovitError
 
-CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help="model.pt, best.ckpt or last.ckpt.")
 IMAGE = typer.Argument(..., help="A photo (JPEG/PNG path).")
 LAT = typer.Option(None, help="True latitude of the photo (degrees).")
 LON = typer.Option(None, help="True longitude of the photo (degrees).")
@@ -124,14 +133,17 @@ def map_command(
 @friendly
 def report(
     checkpoint: Path = CHECKPOINT,
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or table."),
+    data: Path = DATA,
     out: Path = typer.Option(..., "--out", "-o", help="Folder for report.html."),
     split: str = typer.Option("test", help="Split to report on."),
     metrics: Path = typer.Option(
         None, "--metrics", help="metrics.json of an earlier `geovit evaluate` (skips that pass)."
     ),
     examples: int = typer.Option(2, "--examples", help="Gallery images per kind."),
-    fmt: str = typer.Option("auto", "--format", help="Dataset layout (auto-detected by default)."),
+    fmt: str = DATA_FORMAT,
+    val_fraction: float = VAL_FRACTION,
+    val_split: str = VAL_SPLIT,
+    split_seed: int = SPLIT_SEED,
     patch: int = PATCH,
     stride: int = STRIDE,
     fill: str = FILL,
@@ -139,24 +151,16 @@ def report(
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
 ) -> None:
     """One self-contained HTML page: metrics, reliability, accuracy map and an example gallery."""
-    from geovit.data.manifest import load_manifest
     from geovit.explain import parse_fill
     from geovit.predictor import Predictor
     from geovit.report import build_report
 
     if examples < 0:
         raise GeovitError(f"--examples {examples} must be >= 0")
-    given = None
-    if metrics is not None:
-        try:
-            given = json.loads(metrics.read_text())
-        except (OSError, ValueError) as exc:
-            raise GeovitError(f"--metrics {metrics}: cannot read it as JSON ({exc})") from exc
+    given = read_metrics(metrics) if metrics is not None else None
     predictor = Predictor.from_checkpoint(checkpoint)
     parse_fill(fill, predictor.mean, predictor.std)  # fail before the long passes
-    manifest, problems = load_manifest(data, fmt=fmt)
-    for line in problems.lines():
-        err_console.print(line, highlight=False)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
     page = build_report(
         predictor,
         manifest,

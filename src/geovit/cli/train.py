@@ -7,16 +7,23 @@ from pathlib import Path
 import typer
 
 from geovit.cli._app import app
-from geovit.cli._common import console, friendly
+from geovit.cli._common import (
+    DATA,
+    DATA_FORMAT,
+    SPLIT_SEED,
+    VAL_FRACTION,
+    VAL_SPLIT,
+    console,
+    friendly,
+    load_split_manifest,
+)
 from geovit.errors import GeovitError
 
 
 @app.command("train")
 @friendly
 def train(
-    data: Path = typer.Option(
-        ..., "--data", help="Dataset folder or table (any format geovit reads)."
-    ),
+    data: Path = DATA,
     cells_path: Path = typer.Option(
         None, "--cells", help="cells.parquet from `geovit cells build` (not with --resume)."
     ),
@@ -46,10 +53,10 @@ def train(
     devices: str = typer.Option("1", help="Devices per node (e.g. 4, or auto)."),
     num_nodes: int = typer.Option(1, help="Nodes (DDP; launch with torchrun or srun)."),
     seed: int = typer.Option(0, help="Seed of initialisation, shuffling and augmentation."),
-    val_fraction: float = typer.Option(0.1, help="Share of train records held out for val."),
-    val_split: str = typer.Option("sequence", help="sequence, random or spatial val hold-out."),
-    split_seed: int = typer.Option(0, help="Seed of the val hold-out (same as `cells build`)."),
-    fmt: str = typer.Option("auto", "--format", help="Dataset layout (auto-detected by default)."),
+    val_fraction: float = VAL_FRACTION,
+    val_split: str = VAL_SPLIT,
+    split_seed: int = SPLIT_SEED,
+    fmt: str = DATA_FORMAT,
     limit_train_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     limit_val_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
@@ -59,7 +66,6 @@ def train(
     from lightning.pytorch.utilities import rank_zero_only
 
     from geovit.cells import CellPartition
-    from geovit.data.manifest import load_manifest
     from geovit.model import model_config
     from geovit.training import TrainConfig, resume_model
     from geovit.training import train as run_training
@@ -102,11 +108,7 @@ def train(
             vit_weights=str(vit_weights) if vit_weights else None,
             **overrides,
         )
-    manifest, report = load_manifest(
-        data, fmt=fmt, val_fraction=val_fraction, val_split=val_split, seed=split_seed
-    )
-    for line in report.lines():
-        console.print(line, highlight=False)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
     result, data_report = run_training(
         manifest, cells, out, model_cfg, config, resume=resume, progress=progress
     )
