@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from geovit.fileio import write_text
 
 LAYERS = {
     "coastline": "coastline",
@@ -141,12 +141,7 @@ def main() -> None:
     args = ap.parse_args()
     doc = build(args.source or default_source(), args.tolerance, args.precision)
     text = json.dumps(doc, separators=(",", ":"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, args.out)
+    write_text(args.out, text)
     print(f"wrote {args.out} ({len(text) / 1e6:.2f} MB): {json.dumps(doc['counts'])}")
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny synthetic world (and its cells) for every test that needs data."""
+"""Shared fixtures: one tiny synthetic world, its cells, and a random-init model over them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 TINY_WORLD = {"n": 400, "seed": 0, "image_size": (120, 80)}
 TINY_CELLS = {"t1": 40, "t2": 5}
+TINY_IMAGE_SIZE = 64  # the small preset's layout at a tiny input: fast on CPU
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +34,28 @@ def tiny_cells(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         **TINY_CELLS,
     )
     return cells.save(tmp_path_factory.mktemp("cells") / "cells.parquet")
+
+
+@pytest.fixture(scope="session")
+def tiny_image_size() -> int:
+    """The input size `tiny_checkpoint` was built for (tests check what the app reports)."""
+    return TINY_IMAGE_SIZE
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model.pt: the small preset at 64 px with random weights (seed 0) over `tiny_cells`.
+
+    Shared by the whole session: a test that changes a checkpoint (set_temperature, calibrate)
+    must work on its own copy (shutil.copy into tmp_path).
+    """
+    import torch
+
+    from geovit.cells import CellPartition
+    from geovit.checkpoint import save_checkpoint
+    from geovit.model import GeoViT, model_config
+
+    cells = CellPartition.load(tiny_cells)
+    torch.manual_seed(0)
+    model = GeoViT(model_config("small", len(cells), image_size=TINY_IMAGE_SIZE))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, cells)

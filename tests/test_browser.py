@@ -17,7 +17,6 @@ from PIL import Image
 
 from geovit.predictor import Predictor
 from geovit.serve import background_server, create_app
-from test_serve import build_checkpoint
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -42,9 +41,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_cells, tmp_path_factory) -> Predictor:
-    ckpt = build_checkpoint(tiny_cells, tmp_path_factory.mktemp("browser") / "model.pt")
-    return Predictor.from_checkpoint(ckpt, device="cpu")
+def predictor(tiny_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")

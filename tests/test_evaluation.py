@@ -24,17 +24,11 @@ from geovit.data.images import build_transform, decode_image
 from geovit.data.manifest import load_manifest
 from geovit.errors import GeovitError
 from geovit.metrics import GeoMetrics, reverse_geocode
-from test_predictor import build_checkpoint
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_cells, tmp_path_factory) -> Path:
-    return build_checkpoint(tiny_cells, tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
-@pytest.fixture(scope="module")
-def predictor(ckpt):
-    return geovit.load(ckpt, device="cpu")
+def predictor(tiny_checkpoint):
+    return geovit.load(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +136,8 @@ def test_calibrate_fits_on_raw_logits(predictor, manifest):
     assert again.temperature == pytest.approx(fit.temperature, rel=1e-6)
 
 
-def test_cli_evaluate_and_calibrate(ckpt, tiny_world, tmp_path):
-    model = Path(shutil.copy(ckpt, tmp_path / "model.pt"))
+def test_cli_evaluate_and_calibrate(tiny_checkpoint, tiny_world, tmp_path):
+    model = Path(shutil.copy(tiny_checkpoint, tmp_path / "model.pt"))
     runner = CliRunner()
     res = runner.invoke(
         app,

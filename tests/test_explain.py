@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -13,8 +12,6 @@ from captum.attr import Occlusion
 from PIL import Image
 from typer.testing import CliRunner
 
-from geovit.cells import CellPartition
-from geovit.checkpoint import save_checkpoint
 from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.explain import (
@@ -137,16 +134,8 @@ def test_parse_fill():
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_cells, tmp_path_factory) -> Path:
-    cells = CellPartition.load(tiny_cells)
-    torch.manual_seed(0)
-    model = GeoViT(model_config("small", len(cells), image_size=64))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", model, cells)
-
-
-@pytest.fixture(scope="module")
-def predictor(ckpt) -> Predictor:
-    return Predictor.from_checkpoint(ckpt, device="cpu")
+def predictor(tiny_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
 
 
 def test_explain_image_and_render(predictor, tmp_path):
@@ -173,10 +162,10 @@ def test_explain_image_and_render(predictor, tmp_path):
         explain_image(predictor, photo, lat=-40.0, lon=20.0)
 
 
-def test_explain_cli(ckpt, tiny_world, tmp_path):
+def test_explain_cli(tiny_checkpoint, tiny_world, tmp_path):
     photo = sorted((tiny_world / "images" / "test").glob("*.jpg"))[0]
     runner = CliRunner()
-    args = ["explain", str(photo), "-c", str(ckpt), "-o", str(tmp_path), "--patch", "16"]
+    args = ["explain", str(photo), "-c", str(tiny_checkpoint), "-o", str(tmp_path), "--patch", "16"]
     res = runner.invoke(app, [*args, "--target", "top", "--fill", "0,0,0", "--fast"])
     assert res.exit_code == 0, res.output
     png = tmp_path / f"{photo.stem}_occlusion.png"

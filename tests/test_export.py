@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +27,15 @@ from geovit.errors import GeovitError
 from geovit.export import OnnxPredictor, export_onnx, load_predictor, sidecar_path
 from geovit.predictor import Predictor
 from geovit.serve import create_app
-from test_serve import IMAGE_SIZE, build_checkpoint
 
 TEMPERATURE = 1.7
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_cells, tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint, model.onnx) exported through the CLI."""
+def exported(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint with temperature TEMPERATURE, model.onnx) exported through the CLI."""
     folder = tmp_path_factory.mktemp("export")
-    ckpt = build_checkpoint(tiny_cells, folder / "model.pt")
+    ckpt = Path(shutil.copy(tiny_checkpoint, folder / "model.pt"))
     set_temperature(ckpt, TEMPERATURE)
     out = folder / "model.onnx"
     res = CliRunner().invoke(
@@ -50,7 +50,7 @@ def photos(tiny_world) -> list[Path]:
     return sorted((tiny_world / "images" / "test").glob("*.jpg"))[:4]
 
 
-def test_export_writes_a_valid_model_and_sidecar(exported):
+def test_export_writes_a_valid_model_and_sidecar(exported, tiny_image_size):
     ckpt, out = exported
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "model.onnx",
@@ -61,22 +61,26 @@ def test_export_writes_a_valid_model_and_sidecar(exported):
     onnx.checker.check_model(model)
     (inp,) = model.graph.input
     dims = inp.type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, IMAGE_SIZE, IMAGE_SIZE]
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [
+        3,
+        tiny_image_size,
+        tiny_image_size,
+    ]
     meta = json.loads(sidecar_path(out).read_text())
     loaded = load_checkpoint(ckpt)
-    assert meta["image_size"] == IMAGE_SIZE
+    assert meta["image_size"] == tiny_image_size
     assert meta["temperature"] == pytest.approx(TEMPERATURE)
     assert tuple(meta["mean"]) == loaded.mean and tuple(meta["std"]) == loaded.std
     pd.testing.assert_frame_equal(pd.DataFrame(meta["cells"]), loaded.cells.to_frame())
 
 
-def test_onnx_logits_match_torch_for_any_batch(exported):
+def test_onnx_logits_match_torch_for_any_batch(exported, tiny_image_size):
     ckpt, out = exported
     model = load_checkpoint(ckpt).model
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(0)
     for batch in (1, 3, 8):
-        x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
+        x = torch.randn(batch, 3, tiny_image_size, tiny_image_size, generator=gen)
         with torch.inference_mode():
             ref = model(x).numpy()
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
@@ -117,10 +121,10 @@ def test_cli_predict_runs_the_onnx_model(exported, photos):
     assert both.exit_code == 2 and "exactly one" in both.output
 
 
-def test_onnx_predictor_applies_the_sidecar_temperature(exported):
+def test_onnx_predictor_applies_the_sidecar_temperature(exported, tiny_image_size):
     _, out = exported
     pred = OnnxPredictor.from_onnx(out, threads=1)
-    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    x = torch.randn(2, 3, tiny_image_size, tiny_image_size)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     z = session.run(None, {"image": x.numpy()})[0].astype(np.float64) / TEMPERATURE
     ref = np.exp(z - z.max(axis=1, keepdims=True))

@@ -10,13 +10,11 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from geovit.basemap import load_basemap
 from geovit.cells import CellPartition
-from geovit.checkpoint import save_checkpoint
 from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.geo import EARTH_RADIUS_KM, latlon_to_xyz
@@ -29,7 +27,6 @@ from geovit.maps import (
     probability_map,
     probability_map_html,
 )
-from geovit.model import GeoViT, model_config
 from geovit.predictor import Predictor
 
 matplotlib.use("Agg")
@@ -134,16 +131,8 @@ def test_basemap_folder_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_cells, tmp_path_factory) -> Path:
-    cells = CellPartition.load(tiny_cells)
-    torch.manual_seed(0)
-    model = GeoViT(model_config("small", len(cells), image_size=64))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", model, cells)
-
-
-@pytest.fixture(scope="module")
-def predictor(ckpt) -> Predictor:
-    return Predictor.from_checkpoint(ckpt, device="cpu")
+def predictor(tiny_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -221,11 +210,11 @@ def test_world_and_value_maps_render(tmp_path, offline):
         probability_map(cells, probs[:-1])
 
 
-def test_map_cli(ckpt, photo, predictor, tmp_path):
+def test_map_cli(tiny_checkpoint, photo, predictor, tmp_path):
     out = tmp_path / "m.png"
     res = CliRunner().invoke(
-        app, ["map", str(photo), "-c", str(ckpt), "-o", str(out), "--lat", "40", "--lon", "-105",
-              "--top-k", "3", "--log"],
+        app, ["map", str(photo), "-c", str(tiny_checkpoint), "-o", str(out), "--lat", "40",
+              "--lon", "-105", "--top-k", "3", "--log"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert out.stat().st_size > 30_000 and out.with_suffix(".html").stat().st_size > 5_000
@@ -233,6 +222,6 @@ def test_map_cli(ckpt, photo, predictor, tmp_path):
     for rank, tok in enumerate(pred.tokens, start=1):
         assert f"{rank}. {tok} " in res.output
     res = CliRunner().invoke(
-        app, ["map", str(photo), "-c", str(ckpt), "-o", str(out), "--lon", "3"]
+        app, ["map", str(photo), "-c", str(tiny_checkpoint), "-o", str(out), "--lon", "3"]
     )
     assert res.exit_code == 2 and "--lat" in res.output

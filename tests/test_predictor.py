@@ -14,33 +14,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import geovit
-from geovit.cells import CellPartition
-from geovit.checkpoint import save_checkpoint, set_temperature
+from geovit.checkpoint import set_temperature
 from geovit.cli import app
 from geovit.data.images import build_transform, decode_image
 from geovit.errors import GeovitError
-from geovit.model import GeoViT, model_config
 from geovit.predictor import Prediction, Predictor, expand_images, predict_files
 
-IMAGE_SIZE = 64  # the small preset's layout at a tiny input: fast on CPU
-
-
-def build_checkpoint(cells_path: Path, out: Path, temperature: float = 1.0) -> Path:
-    """A checkpoint of the small preset with random weights over the given cells."""
-    cells = CellPartition.load(cells_path)
-    torch.manual_seed(0)
-    model = GeoViT(model_config("small", len(cells), image_size=IMAGE_SIZE))
-    return save_checkpoint(out, model, cells, temperature=temperature)
-
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_cells, tmp_path_factory) -> Path:
-    return build_checkpoint(tiny_cells, tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
-@pytest.fixture(scope="module")
-def predictor(ckpt) -> Predictor:
-    return geovit.load(ckpt, device="cpu")
+def predictor(tiny_checkpoint) -> Predictor:
+    return geovit.load(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +74,9 @@ def test_predict_accepts_path_pil_bytes_and_lists(predictor, photos):
         np.testing.assert_allclose(pred.probs, single.probs, rtol=1e-4)
 
 
-def test_temperature_is_applied_and_loaded(ckpt, predictor, photos, tmp_path):
+def test_temperature_is_applied_and_loaded(tiny_checkpoint, predictor, photos, tmp_path):
     assert predictor.temperature == 1.0
-    hot_path = shutil.copy(ckpt, tmp_path / "hot.pt")
+    hot_path = shutil.copy(tiny_checkpoint, tmp_path / "hot.pt")
     set_temperature(hot_path, 2.5)
     hot = geovit.load(hot_path, device="cpu")
     assert hot.temperature == 2.5
@@ -144,14 +127,14 @@ def test_predict_files_keeps_going_past_bad_images(predictor, photos, tmp_path):
         np.testing.assert_array_equal(pred.indices, predictor.predict(photo, top_k=2).indices)
 
 
-def test_cli_predict_json_and_partial_failure(ckpt, photos, tmp_path):
+def test_cli_predict_json_and_partial_failure(tiny_checkpoint, photos, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
     runner = CliRunner()
     args = [
         "predict",
         "-c",
-        str(ckpt),
+        str(tiny_checkpoint),
         str(photos[0]),
         str(bad),
         "--top-k",
@@ -172,15 +155,27 @@ def test_cli_predict_json_and_partial_failure(ckpt, photos, tmp_path):
     assert [r["image"] for r in body if "error" in r] == [str(bad)]
     assert "bad.jpg" in res.stderr
 
-    res = runner.invoke(app, ["predict", "-c", str(ckpt), str(photos[0]), "--format", "table"])
+    res = runner.invoke(
+        app, ["predict", "-c", str(tiny_checkpoint), str(photos[0]), "--format", "table"]
+    )
     assert res.exit_code == 0, res.output
     assert "best guess" in res.stdout and str(ok[0]["top_k"][0]["token"]) in res.stdout
 
 
-def test_cli_predict_geojson(ckpt, predictor, photos):
+def test_cli_predict_geojson(tiny_checkpoint, predictor, photos):
     res = CliRunner().invoke(
         app,
-        ["predict", "-c", str(ckpt), str(photos[0]), str(photos[1]), "-k", "2", "-f", "geojson"],
+        [
+            "predict",
+            "-c",
+            str(tiny_checkpoint),
+            str(photos[0]),
+            str(photos[1]),
+            "-k",
+            "2",
+            "-f",
+            "geojson",
+        ],
     )
     assert res.exit_code == 0, res.output
     fc = json.loads(res.stdout)
@@ -202,8 +197,10 @@ def test_cli_predict_geojson(ckpt, predictor, photos):
     assert points[0]["geometry"]["coordinates"] == [pred.best_lon, pred.best_lat]
 
 
-def test_cli_predict_nothing_to_do(ckpt, tmp_path):
-    res = CliRunner().invoke(app, ["predict", "-c", str(ckpt), str(tmp_path / "none*.jpg")])
+def test_cli_predict_nothing_to_do(tiny_checkpoint, tmp_path):
+    res = CliRunner().invoke(
+        app, ["predict", "-c", str(tiny_checkpoint), str(tmp_path / "none*.jpg")]
+    )
     assert res.exit_code == 2
     assert "no images to predict" in res.stderr
 

@@ -6,7 +6,6 @@ import base64
 import json
 import re
 import socket
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -16,12 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 import geovit.report
-from geovit.cells import CellPartition
-from geovit.checkpoint import save_checkpoint
 from geovit.cli import app
 from geovit.data.manifest import load_manifest
 from geovit.geo import haversine_km
-from geovit.model import GeoViT, model_config
 from geovit.predictor import Predictor
 from geovit.report import KINDS, cell_accuracy, example_stats, pick_examples
 
@@ -77,16 +73,8 @@ def test_cell_accuracy_matches_groupby():
             assert np.isnan(acc[k])
 
 
-@pytest.fixture(scope="module")
-def ckpt(tiny_cells, tmp_path_factory) -> Path:
-    cells = CellPartition.load(tiny_cells)
-    torch.manual_seed(0)
-    model = GeoViT(model_config("small", len(cells), image_size=64))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", model, cells)
-
-
-def test_example_stats_match_predict_proba(ckpt, tiny_world):
-    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+def test_example_stats_match_predict_proba(tiny_checkpoint, tiny_world):
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
     manifest, _ = load_manifest(tiny_world)
     rows = manifest[manifest["split"] == "test"].head(6).reset_index(drop=True)
     stats = example_stats(predictor, rows, batch_size=4)
@@ -117,10 +105,11 @@ def _images(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r"src='data:image/png;base64,([^']+)'", page)]
 
 
-def test_report_end_to_end(ckpt, tiny_world, tmp_path, offline, monkeypatch):
+def test_report_end_to_end(tiny_checkpoint, tiny_world, tmp_path, offline, monkeypatch):
     runner = CliRunner()
     out = tmp_path / "rep"
-    args = ["report", "-c", str(ckpt), "-d", str(tiny_world), "-o", str(out), "--examples", "1"]
+    args = ["report", "-c", str(tiny_checkpoint), "-d", str(tiny_world), "-o", str(out),
+            "--examples", "1"]  # fmt: skip
     res = runner.invoke(app, [*args, "--fast"])
     assert res.exit_code == 0, res.output
     page = (out / "report.html").read_text()
@@ -146,7 +135,7 @@ def test_report_end_to_end(ckpt, tiny_world, tmp_path, offline, monkeypatch):
     res = runner.invoke(
         app,
         [
-            "report", "-c", str(ckpt), "-d", str(tiny_world), "-o", str(out2),
+            "report", "-c", str(tiny_checkpoint), "-d", str(tiny_world), "-o", str(out2),
             "--examples", "0", "--metrics", str(out / "metrics.json"),
         ],
     )  # fmt: skip
@@ -156,12 +145,13 @@ def test_report_end_to_end(ckpt, tiny_world, tmp_path, offline, monkeypatch):
     assert f"{metrics['distance']['median_km']:.1f}" in page2
 
 
-def test_report_bad_inputs(ckpt, tiny_world, tmp_path):
+def test_report_bad_inputs(tiny_checkpoint, tiny_world, tmp_path):
     runner = CliRunner()
     res = runner.invoke(
         app,
-        ["report", "-c", str(ckpt), "-d", str(tiny_world), "-o", str(tmp_path), "--fill", "9,9"],
-    )
+        ["report", "-c", str(tiny_checkpoint), "-d", str(tiny_world), "-o", str(tmp_path),
+         "--fill", "9,9"],
+    )  # fmt: skip
     assert res.exit_code == 2 and "--fill" in res.output
     bad = tmp_path / "m.json"
     bad.write_text("{not json")
@@ -170,7 +160,7 @@ def test_report_bad_inputs(ckpt, tiny_world, tmp_path):
         [
             "report",
             "-c",
-            str(ckpt),
+            str(tiny_checkpoint),
             "-d",
             str(tiny_world),
             "-o",

@@ -13,41 +13,27 @@ import struct
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import s2geometry as s2
-import torch
 from fastapi.testclient import TestClient
 from matplotlib.path import Path as MplPath
 from PIL import Image
 
 from geovit.cells import CellPartition
-from geovit.checkpoint import save_checkpoint
 from geovit.explain import explain_image
-from geovit.model import GeoViT, model_config
 from geovit.predictor import Predictor
 from geovit.serve import STATIC_DIR, cell_rings, create_app
 
-IMAGE_SIZE = 64  # the small preset's layout at a tiny input: fast on CPU
 MAX_BYTES = 150_000
 MAX_PIXELS = 1_000_000
 
 
-def build_checkpoint(cells_path: Path, out: Path) -> Path:
-    """A checkpoint of the small preset with random weights over the given cells."""
-    cells = CellPartition.load(cells_path)
-    torch.manual_seed(0)
-    model = GeoViT(model_config("small", len(cells), image_size=IMAGE_SIZE))
-    return save_checkpoint(out, model, cells)
-
-
 @pytest.fixture(scope="module")
-def predictor(tiny_cells, tmp_path_factory) -> Predictor:
-    ckpt = build_checkpoint(tiny_cells, tmp_path_factory.mktemp("serve") / "model.pt")
-    return Predictor.from_checkpoint(ckpt, device="cpu")
+def predictor(tiny_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +69,10 @@ def assert_still_serving(client: TestClient) -> None:
 # ----------------------------------------------------------------------------- endpoints
 
 
-def test_health_describes_the_model(client, predictor):
+def test_health_describes_the_model(client, predictor, tiny_image_size):
     body = client.get("/health").json()
     assert body["classes"] == len(predictor.cells)
-    assert body["image_size"] == IMAGE_SIZE
+    assert body["image_size"] == tiny_image_size
     assert body["max_bytes"] == MAX_BYTES and body["max_pixels"] == MAX_PIXELS
 
 
@@ -183,7 +169,7 @@ def test_openapi_docs(client):
     assert {"/predict", "/explain", "/health", "/cells"} <= set(paths)
 
 
-def test_explain_json_matches_geovit_explain(client, predictor, photo):
+def test_explain_json_matches_geovit_explain(client, predictor, photo, tiny_image_size):
     r = client.post(
         "/explain", params={"format": "json", "patch": 32, "stride": 16}, **upload(photo)
     )
@@ -192,14 +178,14 @@ def test_explain_json_matches_geovit_explain(client, predictor, photo):
     ref = explain_image(predictor, Image.open(io.BytesIO(photo)), target="top", patch=32, stride=16)
     assert body["target"]["index"] == ref.target == ref.top
     np.testing.assert_allclose(np.array(body["grid"]), ref.heatmap, atol=1e-6)
-    assert body["shape"] == [IMAGE_SIZE, IMAGE_SIZE]
+    assert body["shape"] == [tiny_image_size, tiny_image_size]
 
 
-def test_explain_png_overlay(client, photo):
+def test_explain_png_overlay(client, photo, tiny_image_size):
     r = client.post("/explain", params={"patch": 32, "stride": 16}, **upload(photo))
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     img = Image.open(io.BytesIO(r.content))
-    assert img.mode == "RGBA" and img.size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert img.mode == "RGBA" and img.size == (tiny_image_size, tiny_image_size)
     top = client.post("/predict", **upload(photo)).json()["top_k"][0]["token"]
     assert r.headers["x-geovit-target-token"] == top
 

@@ -20,7 +20,7 @@ import yaml
 
 from geovit.cells import CellPartition
 from geovit.checkpoint import LoadedCheckpoint
-from geovit.evaluation import write_text
+from geovit.fileio import write_text
 from geovit.metrics import DISTANCE_CONVENTION
 
 SYNTHETIC_NOTICE = (

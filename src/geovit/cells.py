@@ -12,7 +12,6 @@ cell's leaf-id range. Each level costs O(cells log N), so millions of points tak
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from numpy.typing import ArrayLike
 
 from geovit import s2
 from geovit.errors import GeovitError
+from geovit.fileio import atomic_write
 from geovit.geo import latlon_to_xyz, xyz_to_latlon
 
 T1_DEFAULT = 100
@@ -264,21 +264,11 @@ class CellPartition:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write one Parquet file atomically, stamped with the schema version."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pandas(self.to_frame(), preserve_index=False)
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), _VERSION_KEY: SCHEMA_VERSION.encode()}
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CellPartition:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from geovit import __version__
 from geovit.cells import CellPartition
 from geovit.errors import GeovitError
+from geovit.fileio import atomic_write
 from geovit.model import GeoViT, ModelConfig
 
 CONTRACT_KEYS = (
@@ -78,19 +78,6 @@ def contract_fields(
     }
 
 
-def _atomic_save(obj: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     source: GeoViT | LoadedCheckpoint,
@@ -118,7 +105,7 @@ def save_checkpoint(
             model, cells, train=train, temperature=1.0 if temperature is None else temperature
         ),
     }
-    return _atomic_save(payload, Path(path))
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _read(path: str | os.PathLike) -> dict:
@@ -182,4 +169,4 @@ def set_temperature(path: str | os.PathLike, temperature: float) -> None:
         raise GeovitError(f"temperature {temperature} must be > 0")
     raw = _read(path)
     raw["temperature"] = float(temperature)
-    _atomic_save(raw, Path(path))
+    atomic_write(path, lambda tmp: torch.save(raw, tmp))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from geovit.calibration import TemperatureFit, fit_temperature
 from geovit.data.images import ImageDataset, collate_skip_bad
 from geovit.errors import GeovitError
+from geovit.fileio import atomic_write, write_text
 from geovit.metrics import PLACE_LEVELS, GeoMetrics, reverse_geocode
 from geovit.predictor import Predictor
 
@@ -165,26 +165,6 @@ def calibrate(
 
 
 # ----------------------------------------------------------------------------- writers
-
-
-def _atomic_write(path: Path, write: Callable[[str], None], suffix: str) -> Path:
-    """Write through a temp file in the same folder, then rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    return _atomic_write(
-        Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".tmp"
-    )
 
 
 def write_metrics_json(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -362,9 +342,7 @@ def write_reliability_diagram(m: dict[str, Any], path: str | os.PathLike) -> Pat
     axc.set(xlim=(0, 1), xlabel="top-1 confidence", ylabel="images")
     fig.tight_layout()
     try:
-        return _atomic_write(
-            Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120), ".png"
-        )
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     finally:
         plt.close(fig)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from geovit import __version__
 from geovit.cells import CellPartition
 from geovit.checkpoint import LoadedCheckpoint, cells_to_dict, load_checkpoint
 from geovit.errors import GeovitError
-from geovit.maps import write_text
+from geovit.fileio import atomic_write, write_text
 from geovit.predictor import Predictor
 
 SIDECAR_FORMAT = "geovit-onnx/1"
@@ -73,15 +72,7 @@ def export_onnx(
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "try another --opset or report the model config"
         ) from exc
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        program.save(tmp, external_data=False)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
     sidecar = {
         "format": SIDECAR_FORMAT,
         "geovit_version": __version__,
@@ -94,15 +85,8 @@ def export_onnx(
         "model_config": ckpt.config.to_dict(),
         "cells": cells_to_dict(ckpt.cells),
     }
-    os.chmod(write_text(sidecar_path(out), json.dumps(sidecar)), _file_mode())
+    write_text(sidecar_path(out), json.dumps(sidecar))
     return out
-
-
-def _file_mode() -> int:
-    """rw for whoever the umask allows (mkstemp's files are owner-only; exports get shared)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def read_sidecar(onnx_path: str | os.PathLike) -> dict[str, Any]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 
 from geovit.basemap import LAYERS, Basemap, load_basemap
 from geovit.errors import GeovitError
+from geovit.fileio import write_bytes, write_text
 from geovit.geo import EARTH_RADIUS_KM, latlon_to_xyz, xyz_to_latlon
 
 if TYPE_CHECKING:
@@ -241,30 +240,9 @@ def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Atomic write: a temp file in the same folder, then renamed over `path` (mode 0644)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write a figure atomically, in the format its suffix names (default PNG)."""
     return write_bytes(path, figure_bytes(fig, Path(path).suffix.lstrip(".") or "png"))
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Atomic UTF-8 text write."""
-    return write_bytes(path, text.encode("utf-8"))
 
 
 def _check_values(cells: CellPartition, values: np.ndarray, what: str) -> np.ndarray:

@@ -37,8 +37,9 @@ from geovit.evaluation import (
     write_reliability_diagram,
 )
 from geovit.explain import explain_image, render_explanation
+from geovit.fileio import write_text
 from geovit.geo import haversine_km
-from geovit.maps import cell_value_map, figure_bytes, probability_map, write_text
+from geovit.maps import cell_value_map, figure_bytes, probability_map
 from geovit.metrics import CONCENTRATION_RADIUS_KM, log_softmax
 
 if TYPE_CHECKING:
