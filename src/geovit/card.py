@@ -213,8 +213,9 @@ geovit; this card was generated from the checkpoint and its `metrics.json`.
 
 Optimiser AdamW (no weight decay on norms, biases and position embeddings). Augmentation: random
 resized crop and colour jitter, {"with" if tcfg.get("hflip") else "no"} horizontal flip (a flip
-swaps the side of the road people drive on). Trained for {train.get("epoch", "?")} epoch(s)
-recorded, last stage `{train.get("stage")}`.
+swaps the side of the road people drive on). The weights are those of epoch
+{train.get("epoch", "?")} (counting from 0; stage `{train.get("stage")}`), the best by validation
+loss.
 
 ## Data
 Trained on the train split of **{data.name}** ({data.source}); classes built from the train
