@@ -1,4 +1,5 @@
-"""Probability maps: projections, basemap, agreement with predict, offline PNG and HTML."""
+"""Probability maps: projections, basemap, agreement with predict, offline PNG and HTML; cell
+GeoJSON rings checked against s2 cell assignment with matplotlib's point-in-polygon."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from matplotlib.path import Path as MplPath
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -20,6 +22,7 @@ from geovit.errors import GeovitError
 from geovit.geo import EARTH_RADIUS_KM, latlon_to_xyz
 from geovit.maps import (
     Projection,
+    cell_rings,
     cell_value_map,
     choose_projection,
     densify,
@@ -225,3 +228,23 @@ def test_map_cli(tiny_checkpoint, photo, predictor, tmp_path):
         app, ["map", str(photo), "-c", str(tiny_checkpoint), "-o", str(out), "--lon", "3"]
     )
     assert res.exit_code == 2 and "--lat" in res.output
+
+
+def test_cell_rings_contain_their_points_across_antimeridian_and_poles():
+    """Face and level-1/2 cells: the ring a random point falls in (lon tried +-360) is the
+    cell s2 assigns it to, for all but a sliver near the densified edges."""
+    rng = np.random.default_rng(0)
+    lat = np.degrees(np.arcsin(rng.uniform(-1, 1, 3000)))
+    lon = rng.uniform(-180, 180, 3000)
+    for t1 in (10_000, 400):
+        cells = CellPartition.build(lat, lon, t1=t1, t2=1)
+        rings = [MplPath(np.array(r)) for r in cell_rings(cells, np.arange(len(cells)))]
+        plat = np.degrees(np.arcsin(rng.uniform(-0.999, 0.999, 2000)))
+        plon = rng.uniform(-180, 180, 2000)
+        truth = cells.assign(plat, plon)
+        inside = np.zeros((len(rings), plat.size), dtype=bool)
+        for shift in (-360.0, 0.0, 360.0):
+            pts = np.column_stack([plon + shift, plat])
+            inside |= np.stack([r.contains_points(pts) for r in rings])
+        assert np.mean(inside[truth, np.arange(plat.size)]) > 0.99
+        assert np.mean(inside.sum(axis=0) == 1) > 0.99  # rings tile the map without overlap

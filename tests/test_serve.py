@@ -22,10 +22,9 @@ from fastapi.testclient import TestClient
 from matplotlib.path import Path as MplPath
 from PIL import Image
 
-from geovit.cells import CellPartition
 from geovit.explain import explain_image
 from geovit.predictor import Predictor
-from geovit.serve import STATIC_DIR, cell_rings, create_app
+from geovit.serve import STATIC_DIR, create_app
 
 MAX_BYTES = 150_000
 MAX_PIXELS = 1_000_000
@@ -123,26 +122,6 @@ def test_cells_geojson_is_the_partition(client, predictor):
             assert np.min(np.hypot(ring[:, 0] - lon, ring[:, 1] - lat)) < 1e-4
         center = s2.S2LatLng(cell.GetCenter())
         assert MplPath(ring).contains_point((center.lng().degrees(), center.lat().degrees()))
-
-
-def test_cell_rings_contain_their_points_across_antimeridian_and_poles():
-    """Face and level-1/2 cells: the ring a random point falls in (lon tried +-360) is the
-    cell s2 assigns it to, for all but a sliver near the densified edges."""
-    rng = np.random.default_rng(0)
-    lat = np.degrees(np.arcsin(rng.uniform(-1, 1, 3000)))
-    lon = rng.uniform(-180, 180, 3000)
-    for t1 in (10_000, 400):
-        cells = CellPartition.build(lat, lon, t1=t1, t2=1)
-        rings = [MplPath(np.array(r)) for r in cell_rings(cells, np.arange(len(cells)))]
-        plat = np.degrees(np.arcsin(rng.uniform(-0.999, 0.999, 2000)))
-        plon = rng.uniform(-180, 180, 2000)
-        truth = cells.assign(plat, plon)
-        inside = np.zeros((len(rings), plat.size), dtype=bool)
-        for shift in (-360.0, 0.0, 360.0):
-            pts = np.column_stack([plon + shift, plat])
-            inside |= np.stack([r.contains_points(pts) for r in rings])
-        assert np.mean(inside[truth, np.arange(plat.size)]) > 0.99
-        assert np.mean(inside.sum(axis=0) == 1) > 0.99  # rings tile the map without overlap
 
 
 def test_index_page_and_assets_need_no_network(client):

@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from geovit.data import synth
-from geovit.metrics import reverse_geocode
 from geovit.errors import GeovitError
 from geovit.geo import haversine_km
+from geovit.metrics import reverse_geocode
 
 # Independent reference: the states' extents (lat_min, lat_max, lon_min, lon_max) from their
 # legal boundaries (mostly parallels and meridians), widened by ~0.05 deg for rounding.

@@ -230,7 +230,8 @@ def explain_image(
         fill=parse_fill(fill, predictor.mean, predictor.std),
         batch_size=batch_size,
         fast=fast,
-        bf16_modules=[predictor.model.cnn],
+        # bf16 in the CNN only (see the module docstring); an ONNX model has no torch CNN
+        bf16_modules=[cnn] if (cnn := getattr(predictor.model, "cnn", None)) is not None else None,
     )
     return Explanation(
         heatmap=heat.cpu().numpy(),

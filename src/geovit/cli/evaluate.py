@@ -178,7 +178,7 @@ def _prediction_table(path: str, pred: Prediction) -> Table:
 
 def _geojson(predictor: Predictor, results: list[tuple[str, Prediction]]) -> dict:
     """Each image's top-k cells as polygons with their probability, plus its best-guess point."""
-    from geovit.serve import cells_geojson
+    from geovit.maps import cells_geojson
 
     features = []
     for path, pred in results:
