@@ -39,7 +39,7 @@ TINY = DemoSettings(
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     lines: list[str] = []
-    result = run_demo(tmp_path_factory.mktemp("demo"), TINY, say=lines.append, progress=False)
+    result = run_demo(tmp_path_factory.mktemp("demo"), TINY, say=lines.append)
     return result, lines
 
 

@@ -8,7 +8,8 @@ model card and datasheet.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ from geovit.model import model_config
 from geovit.predictor import Predictor
 from geovit.report import build_report
 from geovit.training import TrainConfig, train
+
+Track = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+
+
+@contextmanager
+def _no_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
+
 
 # OSV-Mini-129k: 2,199 cells from ~129k images with the design's t1=100, t2=20.
 DESIGN_IMAGES = 129_083
@@ -106,16 +115,21 @@ def run_demo(
     settings: DemoSettings | None = None,
     *,
     say: Callable[[str], None] = print,
-    progress: bool = True,
+    track: Track | None = None,
 ) -> DemoResult:
-    """Run the whole pipeline into `out_dir`; `say` receives one line per stage."""
+    """Run the whole pipeline into `out_dir`; `say` receives one line per stage and `track`
+    (description, total) opens a progress bar whose `advance(n)` the long stages call."""
+    bar = track or _no_bar
     s = settings or DemoSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
 
     say(f"1/7 synthesizing a world of {s.n:,} street scenes (seed {s.seed})")
-    world = generate_world(out / "world", n=s.n, seed=s.seed, image_size=s.world_size)
+    with bar("drawing", s.n) as advance:
+        world = generate_world(
+            out / "world", n=s.n, seed=s.seed, image_size=s.world_size, progress=advance
+        )
     manifest, report = load_manifest(world, seed=s.seed)
     for line in report.lines():
         say(f"    {line}")
@@ -153,18 +167,21 @@ def run_demo(
         seed=s.seed,
         accelerator="cpu",
     )
-    result, _ = train(manifest, cells, out / "run", mcfg, tcfg, progress=progress)
+    result, _ = train(manifest, cells, out / "run", mcfg, tcfg, progress=track is not None)
     ckpt_path = result.model_path
     files["checkpoint"] = ckpt_path
 
     say("4/7 calibrating the softmax temperature on the validation split")
-    fit = calibrate(Predictor.from_checkpoint(ckpt_path), manifest, "val")
+    n_val, n_test = ((manifest["split"] == split).sum() for split in ("val", "test"))
+    with bar("logits of val", n_val) as advance:
+        fit = calibrate(Predictor.from_checkpoint(ckpt_path), manifest, "val", progress=advance)
     set_temperature(ckpt_path, fit.temperature)
     say(f"    temperature {fit.temperature:.3f}")
 
     say("5/7 evaluating on the test split")
     predictor = Predictor.from_checkpoint(ckpt_path)
-    metrics = evaluate(predictor, manifest, "test")
+    with bar("evaluating test", n_test) as advance:
+        metrics = evaluate(predictor, manifest, "test", progress=advance)
     files.update(write_outputs(metrics, out / "eval", title="Demo evaluation (synthetic world)"))
     baselines = majority_baseline(manifest, cells)
 
@@ -193,14 +210,16 @@ def run_demo(
         )
 
     say("7/7 writing the HTML report, model card and datasheet")
-    files["report"] = build_report(
-        predictor,
-        manifest,
-        out / "report",
-        metrics=metrics,
-        patch=s.occlusion_patch,
-        stride=s.occlusion_stride,
-    )
+    with bar("report: scoring test", n_test) as advance:
+        files["report"] = build_report(
+            predictor,
+            manifest,
+            out / "report",
+            metrics=metrics,
+            progress=advance,
+            patch=s.occlusion_patch,
+            stride=s.occlusion_stride,
+        )
     info = world_info(world)
     data = DatasetInfo(
         name="geovit synthetic world (OSV-Mini-129k stand-in)",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,15 +63,19 @@ def read_metrics(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def progress_bar() -> Progress:
-    return Progress(
+@contextmanager
+def track(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A transient rich progress bar on stderr; yields `advance(n)` for the pipeline's
+    `progress=` callbacks."""
+    columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
     )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:

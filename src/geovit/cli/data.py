@@ -1,14 +1,13 @@
-"""CLI commands: data."""
+"""CLI command: `geovit synth` (the synthetic world of the demo and the tests)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from geovit.cli._app import app
-from geovit.cli._common import console, friendly
+from geovit.cli._common import console, friendly, track
 
 
 @app.command()
@@ -25,14 +24,7 @@ def synth(
     from geovit.data.synth import generate_world, parse_image_size, world_info
 
     size = parse_image_size(image_size)
-    columns = (
-        TextColumn("drawing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("synth", total=n)
+    with track("drawing", n) as advance:
         path = generate_world(
             out,
             n=n,
@@ -40,7 +32,7 @@ def synth(
             image_size=size,
             test_fraction=test_fraction,
             overwrite=overwrite,
-            progress=lambda k: bar.advance(task, k),
+            progress=advance,
         )
     counts = world_info(path)["counts"]
     states = ", ".join(f"{name} {k}" for name, k in counts["per_state"].items())

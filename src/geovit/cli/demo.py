@@ -20,6 +20,7 @@ from geovit.cli._common import (
     friendly,
     load_split_manifest,
     read_metrics,
+    track,
 )
 
 
@@ -43,7 +44,9 @@ def demo(
         freeze, refreeze = stage_boundaries(epochs)
         given |= {"epochs": epochs, "freeze_epochs": freeze, "cnn_refreeze_epoch": refreeze}
     settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
-    result = run_demo(out, settings, say=lambda line: console.print(line, highlight=False))
+    result = run_demo(
+        out, settings, say=lambda line: console.print(line, highlight=False), track=track
+    )
     m, b = result.metrics, result.baselines
     top1 = m["cell_accuracy"]["all_images"]["top1"]
     w200 = m["distance"]["accuracy_within_km"]["200"]

@@ -24,7 +24,7 @@ from geovit.cli._common import (
     err_console,
     friendly,
     load_split_manifest,
-    progress_bar,
+    track,
 )
 from geovit.errors import GeovitError
 
@@ -74,8 +74,7 @@ def evaluate(
     ks = _parse_ks(top_k)
     predictor = Predictor.from_checkpoint(checkpoint)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
-    with progress_bar() as bar:
-        task = bar.add_task(f"evaluating {split}", total=len(split_rows(manifest, split)))
+    with track(f"evaluating {split}", len(split_rows(manifest, split))) as advance:
         metrics = run_evaluation(
             predictor,
             manifest,
@@ -84,7 +83,7 @@ def evaluate(
             workers=workers,
             ks=ks,
             places=places,
-            progress=lambda n: bar.advance(task, n),
+            progress=advance,
         )
     metrics["checkpoint"] = str(checkpoint)
     for title, header, rows in summary_tables(metrics):
@@ -121,9 +120,8 @@ def calibrate(
 
     predictor = Predictor.from_checkpoint(checkpoint)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
-    with progress_bar() as bar:
-        n = min(len(split_rows(manifest, split)), max_images)
-        task = bar.add_task(f"logits of {split}", total=n)
+    n = min(len(split_rows(manifest, split)), max_images)
+    with track(f"logits of {split}", n) as advance:
         fit = fit_on_split(
             predictor,
             manifest,
@@ -131,7 +129,7 @@ def calibrate(
             batch_size=batch_size,
             workers=workers,
             max_images=max_images,
-            progress=lambda k: bar.advance(task, k),
+            progress=advance,
         )
     if fit.at_bound:
         err_console.print(

@@ -19,6 +19,7 @@ from geovit.cli._common import (
     friendly,
     load_split_manifest,
     read_metrics,
+    track,
 )
 from geovit.errors import GeovitError
 
@@ -161,18 +162,20 @@ def report(
     predictor = Predictor.from_checkpoint(checkpoint)
     parse_fill(fill, predictor.mean, predictor.std)  # fail before the long passes
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
-    page = build_report(
-        predictor,
-        manifest,
-        out,
-        split=split,
-        metrics=given,
-        per_kind=examples,
-        batch_size=batch_size,
-        title=f"GeoViT report: {checkpoint.name} on {data.name} ({split})",
-        patch=patch,
-        stride=stride,
-        fill=fill,
-        fast=fast,
-    )
+    with track(f"scoring {split}", int((manifest["split"] == split).sum())) as advance:
+        page = build_report(
+            predictor,
+            manifest,
+            out,
+            split=split,
+            metrics=given,
+            per_kind=examples,
+            batch_size=batch_size,
+            title=f"GeoViT report: {checkpoint.name} on {data.name} ({split})",
+            progress=advance,
+            patch=patch,
+            stride=stride,
+            fill=fill,
+            fast=fast,
+        )
     console.print(f"wrote {page}", highlight=False)
