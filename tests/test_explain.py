@@ -6,12 +6,14 @@ import math
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from captum.attr import Occlusion
 from PIL import Image
 from typer.testing import CliRunner
 
+from geovit.cells import CellPartition
 from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.explain import (
@@ -174,3 +176,25 @@ def test_explain_cli(tiny_checkpoint, tiny_world, tmp_path):
         res = runner.invoke(app, [*args, *bad])
         assert res.exit_code == 2, (bad, res.output)
         assert "error:" in res.output
+
+
+def test_explain_cli_takes_the_true_location_from_the_manifest(
+    tiny_checkpoint, tiny_world, tiny_cells, tmp_path
+):
+    test = pd.read_csv(tiny_world / "test.csv", dtype={"id": str})
+    cells = CellPartition.load(tiny_cells)
+    inside = test[cells.assign(test["latitude"].to_numpy(), test["longitude"].to_numpy()) >= 0]
+    row = inside.iloc[0]
+    photo = tiny_world / "images" / "test" / f"{row['id']}.jpg"
+    args = ["explain", str(photo), "-c", str(tiny_checkpoint), "-o", str(tmp_path)]
+    res = CliRunner().invoke(app, [*args, "--patch", "16", "--stride", "16", "-d", str(tiny_world)])
+    assert res.exit_code == 0, res.output
+    true_cell = cells.tokens[
+        cells.assign(np.array([row["latitude"]]), np.array([row["longitude"]]))[0]
+    ]
+    assert res.output.startswith(f"true cell {true_cell}")
+    stray = tmp_path / "stray.jpg"
+    stray.write_bytes(photo.read_bytes())
+    res = CliRunner().invoke(app, ["explain", str(stray), "-c", str(tiny_checkpoint), "-o",
+                                   str(tmp_path), "-d", str(tiny_world)])  # fmt: skip
+    assert res.exit_code == 2 and "not in the manifest" in res.output

@@ -26,6 +26,9 @@ from geovit.errors import GeovitError
 IMAGE = typer.Argument(..., help="A photo (JPEG/PNG path).")
 LAT = typer.Option(None, help="True latitude of the photo (degrees).")
 LON = typer.Option(None, help="True longitude of the photo (degrees).")
+LOCATION_DATA = typer.Option(
+    None, "--data", "-d", help="Dataset whose manifest gives the photo's true location."
+)
 PATCH = typer.Option(32, help="Occluding patch size in model-input pixels.")
 STRIDE = typer.Option(8, help="Step between patch positions (pixels).")
 FILL = typer.Option("mean", help="Patch colour: 'mean' (dataset mean) or R,G,B in 0-255.")
@@ -35,9 +38,24 @@ BASEMAP = typer.Option(
 )
 
 
-def _location(lat: float | None, lon: float | None) -> None:
+def _location(
+    lat: float | None, lon: float | None, image: Path, data: Path | None
+) -> tuple[float | None, float | None]:
+    """The photo's true location: --lat/--lon, else its manifest row in --data (by id or path)."""
     if (lat is None) != (lon is None):
         raise GeovitError("give both --lat and --lon (or neither)")
+    if lat is not None or data is None:
+        return lat, lon
+    from geovit.data.manifest import load_manifest
+
+    manifest, _ = load_manifest(data)
+    same_file = manifest["image"].map(lambda ref: Path(ref).resolve()) == image.resolve()
+    rows = manifest[(manifest["id"] == image.stem) | same_file]
+    if rows.empty:
+        raise GeovitError(
+            f"{image} is not in the manifest of {data} (no id {image.stem!r}): pass --lat/--lon"
+        )
+    return float(rows["latitude"].iloc[0]), float(rows["longitude"].iloc[0])
 
 
 @app.command()
@@ -53,6 +71,7 @@ def explain(
     ),
     lat: float = LAT,
     lon: float = LON,
+    data: Path = LOCATION_DATA,
     patch: int = PATCH,
     stride: int = STRIDE,
     fill: str = FILL,
@@ -63,7 +82,7 @@ def explain(
     from geovit.explain import explain_image, render_explanation
     from geovit.predictor import Predictor
 
-    _location(lat, lon)
+    lat, lon = _location(lat, lon, image, data)
     if target not in (None, "true", "top"):
         raise GeovitError(f"--target {target!r} must be 'true' or 'top'")
     predictor = Predictor.from_checkpoint(checkpoint)
@@ -97,6 +116,7 @@ def map_command(
     html: Path = typer.Option(None, "--html", help="Interactive HTML map (default: OUT.html)."),
     lat: float = LAT,
     lon: float = LON,
+    data: Path = LOCATION_DATA,
     top_k: int = typer.Option(5, "--top-k", "-k", help="Cells outlined and labelled."),
     log: bool = typer.Option(False, "--log", help="Logarithmic colour scale."),
     basemap: Path = BASEMAP,
@@ -105,7 +125,7 @@ def map_command(
     from geovit.maps import map_image
     from geovit.predictor import Predictor
 
-    _location(lat, lon)
+    lat, lon = _location(lat, lon, image, data)
     if top_k < 0:
         raise GeovitError(f"--top-k {top_k} must be >= 0")
     predictor = Predictor.from_checkpoint(checkpoint)
