@@ -129,8 +129,32 @@ def test_basemap_has_us_state_lines_and_borders():
 
 
 def test_basemap_folder_errors(tmp_path):
-    with pytest.raises(GeovitError):  # pyshp missing, or no shapefiles in the folder
+    with pytest.raises(GeovitError, match="no ne_"):
         load_basemap(source=tmp_path)
+    with pytest.raises(GeovitError, match="does not exist"):
+        load_basemap(source=tmp_path / "missing")
+
+
+def test_basemap_reads_a_users_natural_earth_folder_finest_scale_first(tmp_path):
+    import shapefile
+
+    def write(scale: str, stem: str, lines: list[list[tuple[float, float]]]) -> None:
+        with shapefile.Writer(str(tmp_path / scale / f"ne_{scale}_{stem}")) as w:
+            w.field("name", "C")
+            w.line(lines)
+            w.record("x")
+
+    fine = [[(-111.05, 41.0), (-104.05, 41.0)], [(-104.05, 41.0), (-104.05, 45.0)]]
+    for scale, lines in (("10m", fine), ("110m", [[(0.0, 0.0), (1.0, 1.0)]])):
+        (tmp_path / scale).mkdir()
+        for stem in ("coastline", "admin_0_boundary_lines_land", "admin_1_states_provinces_lines"):
+            write(scale, stem, lines)
+    basemap = load_basemap(source=tmp_path)
+    for key in ("coastline", "admin0", "admin1"):
+        got = basemap.layers[key]
+        assert len(got) == 2  # one shape, two parts: the 10m file, not the 110m one
+        np.testing.assert_array_equal(got[0], np.array(fine[0]))
+        np.testing.assert_array_equal(got[1], np.array(fine[1]))
 
 
 @pytest.fixture(scope="module")

@@ -90,13 +90,8 @@ def load_basemap(extent: Extent | None = None, source: str | Path | None = None)
 
 
 def _read_natural_earth(folder: Path) -> Basemap:
-    try:
-        import shapefile  # pyshp: optional, only for a user's own Natural Earth files
-    except ImportError as exc:
-        raise GeovitError(
-            f"reading Natural Earth shapefiles from {folder} needs pyshp: `pip install pyshp` "
-            "(or leave out the basemap folder to use the embedded lines)"
-        ) from exc
+    import shapefile  # pyshp
+
     if not folder.is_dir():
         raise GeovitError(f"basemap folder {folder} does not exist; pass a Natural Earth folder")
     layers: dict[str, list[np.ndarray]] = {}
