@@ -152,3 +152,10 @@ def test_stage_boundaries_follow_the_design() -> None:
     default = DemoSettings()
     assert stage_boundaries(default.epochs) == (default.freeze_epochs, default.cnn_refreeze_epoch)
     assert stage_boundaries(1) == (0, 1)
+
+
+def test_demo_rerun_is_identical_and_leaves_no_stale_checkpoints(demo) -> None:
+    result, _ = demo
+    again = run_demo(result.out, TINY, say=lambda line: None)
+    assert again.metrics == result.metrics  # deterministic on CPU for a seed
+    assert sorted(p.name for p in (result.out / "run").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]

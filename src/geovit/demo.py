@@ -8,6 +8,7 @@ model card and datasheet.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -167,6 +168,8 @@ def run_demo(
         seed=s.seed,
         accelerator="cpu",
     )
+    # a rerun trains afresh: Lightning would otherwise add best-v1.ckpt beside the old run's files
+    shutil.rmtree(out / "run", ignore_errors=True)
     result, _ = train(manifest, cells, out / "run", mcfg, tcfg, progress=track is not None)
     ckpt_path = result.model_path
     files["checkpoint"] = ckpt_path
