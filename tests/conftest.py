@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,14 @@ def tiny_checkpoint(tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory) 
     torch.manual_seed(0)
     model = GeoViT(model_config("small", len(cells), image_size=TINY_IMAGE_SIZE))
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, cells)
+
+
+@pytest.fixture()
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test (figures must render offline)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

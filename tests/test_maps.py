@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import matplotlib
@@ -165,17 +164,6 @@ def predictor(tiny_checkpoint) -> Predictor:
 @pytest.fixture(scope="module")
 def photo(tiny_world) -> Path:
     return sorted((tiny_world / "images" / "test").glob("*.jpg"))[0]
-
-
-@pytest.fixture()
-def offline(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to use the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_map_agrees_with_predict(predictor, photo, tmp_path, offline):

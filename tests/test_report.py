@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import socket
 
 import matplotlib
 import numpy as np
@@ -90,15 +89,6 @@ def test_example_stats_match_predict_proba(tiny_checkpoint, tiny_world):
     for i, r in rows.iterrows():
         d = haversine_km(r["latitude"], r["longitude"], cells.centroid_lat, cells.centroid_lon)
         assert stats["mass_near_truth"][i] == pytest.approx(p[i][d < 200].sum(), abs=1e-6)
-
-
-@pytest.fixture()
-def offline(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to use the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _images(page: str) -> list[bytes]:
