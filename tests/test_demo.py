@@ -159,3 +159,32 @@ def test_demo_rerun_is_identical_and_leaves_no_stale_checkpoints(demo) -> None:
     again = run_demo(result.out, TINY, say=lambda line: None)
     assert again.metrics == result.metrics  # deterministic on CPU for a seed
     assert sorted(p.name for p in (result.out / "run").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+
+
+def test_card_cli_rewrites_the_demo_documents(demo, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from geovit.cli import app
+
+    result, _ = demo
+    out = result.out
+    args = ["card", "-c", str(result.files["checkpoint"]), "-d", str(out / "world"), "-o",
+            str(tmp_path), "--metrics", str(result.files["json"]), "--name", "world"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(result.files["json"].read_text())
+    meta = _front_matter((tmp_path / "MODEL_CARD.md").read_text())
+    values = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    top1 = metrics["cell_accuracy"]["all_images"]["top1"]
+    assert values["Cell accuracy top1 (all test images)"] == pytest.approx(top1, abs=1e-6)
+    assert "synthetic" in (tmp_path / "DATASHEET.md").read_text().lower()
+
+
+def test_describe_dataset_tells_synthetic_worlds_apart(demo, tmp_path) -> None:
+    from geovit.card import describe_dataset
+
+    result, _ = demo
+    world = describe_dataset(result.out / "world", "w")
+    assert world.synthetic and world.generator["n"] == TINY.n
+    other = describe_dataset(tmp_path, "mine")
+    assert not other.synthetic and other.generator is None and other.source == str(tmp_path)

@@ -20,6 +20,8 @@ import yaml
 
 from geovit.cells import CellPartition
 from geovit.checkpoint import LoadedCheckpoint
+from geovit.data.synth import world_info
+from geovit.errors import GeovitError
 from geovit.fileio import write_text
 from geovit.metrics import DISTANCE_CONVENTION
 
@@ -38,6 +40,18 @@ class DatasetInfo:
     source: str
     synthetic: bool
     generator: Mapping[str, Any] | None = None  # the synthetic world's settings (world.json)
+
+
+def describe_dataset(path: str | os.PathLike, name: str) -> DatasetInfo:
+    """What the documents say about the data at `path`: synthetic when it is a geovit synthetic
+    world (it carries world.json), with the generator's settings."""
+    try:
+        generator = world_info(path)
+    except GeovitError:
+        generator = None
+    return DatasetInfo(
+        name=name, source=str(path), synthetic=generator is not None, generator=generator
+    )
 
 
 def _pct(value: float | None) -> str:

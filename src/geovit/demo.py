@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geovit.card import DatasetInfo, write_cards
+from geovit.card import describe_dataset, write_cards
 from geovit.cells import T1_DEFAULT, T2_DEFAULT, CellPartition
 from geovit.checkpoint import load_checkpoint, set_temperature
 from geovit.data.manifest import load_manifest
-from geovit.data.synth import generate_world, world_info
+from geovit.data.synth import generate_world
 from geovit.errors import GeovitError
 from geovit.evaluation import calibrate, evaluate, write_outputs
 from geovit.explain import explain_image, render_explanation
@@ -182,7 +182,8 @@ def run_demo(
     say(f"    temperature {fit.temperature:.3f}")
 
     say("5/7 evaluating on the test split")
-    predictor = Predictor.from_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)  # now with its temperature
+    predictor = Predictor.from_loaded(ckpt)
     with bar("evaluating test", n_test) as advance:
         metrics = evaluate(predictor, manifest, "test", progress=advance)
     files.update(write_outputs(metrics, out / "eval", title="Demo evaluation (synthetic world)"))
@@ -223,14 +224,8 @@ def run_demo(
             patch=s.occlusion_patch,
             stride=s.occlusion_stride,
         )
-    info = world_info(world)
-    data = DatasetInfo(
-        name="geovit synthetic world (OSV-Mini-129k stand-in)",
-        source=str(world),
-        synthetic=True,
-        generator=info,
-    )
+    data = describe_dataset(world, "geovit synthetic world (OSV-Mini-129k stand-in)")
     files["card"], files["datasheet"] = write_cards(
-        out, load_checkpoint(ckpt_path), metrics, manifest, report.lines(), data
+        out, ckpt, metrics, manifest, report.lines(), data
     )
     return DemoResult(out, metrics, baselines, files)

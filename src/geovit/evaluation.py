@@ -8,6 +8,7 @@ Unreadable images are skipped by the loader and counted in the output, never sil
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import torch
 from geovit.calibration import TemperatureFit, fit_temperature
 from geovit.data.images import ImageDataset, collate_skip_bad
 from geovit.errors import GeovitError
-from geovit.fileio import atomic_write, write_text
+from geovit.fileio import write_bytes, write_text
 from geovit.metrics import PLACE_LEVELS, GeoMetrics, reverse_geocode
 from geovit.predictor import Predictor
 
@@ -300,7 +301,7 @@ def write_metrics_md(m: dict[str, Any], path: str | os.PathLike, title: str = "E
     return write_text(path, metrics_markdown(m, title))
 
 
-def write_reliability_diagram(m: dict[str, Any], path: str | os.PathLike) -> Path:
+def reliability_png(m: dict[str, Any]) -> bytes:
     """Reliability diagram PNG: accuracy vs mean confidence per bin, with the bin counts below."""
     import matplotlib
 
@@ -341,10 +342,17 @@ def write_reliability_diagram(m: dict[str, Any], path: str | os.PathLike) -> Pat
     axc.bar(lower, count, width=width, align="edge", color="#8c8c8c", edgecolor="white")
     axc.set(xlim=(0, 1), xlabel="top-1 confidence", ylabel="images")
     fig.tight_layout()
+    buf = io.BytesIO()
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        fig.savefig(buf, format="png", dpi=120)
     finally:
         plt.close(fig)
+    return buf.getvalue()
+
+
+def write_reliability_diagram(m: dict[str, Any], path: str | os.PathLike) -> Path:
+    """The reliability diagram written (atomically) as a PNG file."""
+    return write_bytes(path, reliability_png(m))
 
 
 def write_outputs(

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from geovit.cells import CellPartition
 from geovit.data.images import build_transform, load_image
 from geovit.errors import GeovitError
 from geovit.metrics import topk_indices
+
+if TYPE_CHECKING:
+    from geovit.checkpoint import LoadedCheckpoint
 
 ImageInput = Image.Image | str | os.PathLike | bytes
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -107,7 +110,13 @@ class Predictor:
         """Load a geovit checkpoint (or a Lightning .ckpt written by geovit train)."""
         from geovit.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(path)
+        return cls.from_loaded(load_checkpoint(path), device=device)
+
+    @classmethod
+    def from_loaded(
+        cls, ckpt: LoadedCheckpoint, device: str | torch.device | None = None
+    ) -> Predictor:
+        """A Predictor for a checkpoint already opened with geovit.checkpoint.load_checkpoint."""
         return cls(
             ckpt.model,
             ckpt.cells,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,11 +29,11 @@ import pandas as pd
 from geovit.errors import GeovitError
 from geovit.evaluation import evaluate as run_evaluation
 from geovit.evaluation import (
+    reliability_png,
     split_rows,
     stream_logits,
     summary_tables,
     write_metrics_json,
-    write_reliability_diagram,
 )
 from geovit.explain import explain_image, render_explanation
 from geovit.fileio import write_text
@@ -232,10 +231,7 @@ def build_report(
         title=f"Top-1 accuracy per true cell on {split} ({int(np.isfinite(acc).sum())} cells "
         "with images)",
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        reliability = _data_uri(
-            write_reliability_diagram(metrics, Path(tmp) / "r.png").read_bytes()
-        )
+    reliability = _data_uri(reliability_png(metrics))
     gallery = _gallery(predictor, rows, stats, pick_examples(stats, per_kind), **occlusion)
     page = _page(title, metrics, reliability, _data_uri(figure_bytes(acc_map)), gallery, len(stats))
     return write_text(out / "report.html", page)

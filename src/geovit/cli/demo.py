@@ -83,35 +83,18 @@ def card(
     split_seed: int = SPLIT_SEED,
 ) -> None:
     """Write MODEL_CARD.md (Hugging Face format) and DATASHEET.md from a run's own numbers."""
-    from geovit.card import DatasetInfo, write_cards
+    from geovit.card import describe_dataset, write_cards
     from geovit.checkpoint import load_checkpoint
-    from geovit.data.synth import world_info
-    from geovit.errors import GeovitError
     from geovit.evaluation import evaluate
     from geovit.predictor import Predictor
 
     manifest, report = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
     ckpt = load_checkpoint(checkpoint)
     if metrics is None:
-        scores = evaluate(
-            Predictor(
-                ckpt.model, ckpt.cells, ckpt.mean, ckpt.std, ckpt.image_size, ckpt.temperature
-            ),
-            manifest,
-            "test",
-        )
+        scores = evaluate(Predictor.from_loaded(ckpt), manifest, "test")
     else:
         scores = read_metrics(metrics)
-    try:
-        generator = world_info(data)
-    except GeovitError:
-        generator = None
-    info = DatasetInfo(
-        name=name or data.resolve().name,
-        source=str(data),
-        synthetic=generator is not None,
-        generator=generator,
-    )
+    info = describe_dataset(data, name or data.resolve().name)
     paths = write_cards(out, ckpt, scores, manifest, report.lines(), info)
     for path in paths:
         console.print(f"wrote {path}")
