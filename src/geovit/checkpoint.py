@@ -9,7 +9,6 @@ same keys (their ``state_dict`` is the LightningModule's, so its keys start with
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,12 +131,8 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     """Open a geovit checkpoint (plain or Lightning .ckpt) on the CPU, model in eval mode."""
     raw = _read(path)
     # the weights come from the file: never download or read the original backbone weights
-    config = dataclasses.replace(
-        ModelConfig.from_dict(raw["model_config"]),
-        pretrained=False,
-        cnn_weights=None,
-        vit_weights=None,
-    )
+    # (an hf-hub: backbone is rebuilt from the timm config recorded in the checkpoint)
+    config = ModelConfig.from_dict(raw["model_config"]).without_weight_sources()
     cells = CellPartition.from_frame(pd.DataFrame(raw["cells"]))
     model = GeoViT(config)
     prefix = raw.get("state_dict_prefix", "")

@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,10 +183,14 @@ class GeoViTModule(L.LightningModule):
     def set_stage(self, stage: int) -> None:
         """Freeze/unfreeze the parts for ``stage`` and drop optimizer state of frozen ones."""
         self.stage = stage
-        self.frozen = tuple(p for p in PARTS if p not in TRAINABLE[stage])
+        self.frozen = tuple(
+            p for p in PARTS if p not in TRAINABLE[stage] and getattr(self.model, p) is not None
+        )
         optimizers = self._trainer.optimizers if self._trainer is not None else []
         for name in PARTS:
             module = getattr(self.model, name)
+            if module is None:
+                continue  # this arch has no such part
             trainable = name not in self.frozen
             module.requires_grad_(trainable)
             if not trainable:
@@ -545,6 +549,21 @@ def _check_resumable(path: str | Path) -> None:
         )
 
 
+def weight_notes(module: GeoViTModule, config: TrainConfig) -> list[str]:
+    """Each part's weight source, and a warning for each random part stage 0 would freeze."""
+    reports = module.model.load_reports
+    lines = [r.line() for r in reports.values()]
+    if config.freeze_epochs > 0:
+        frozen = [r for p, r in reports.items() if p not in TRAINABLE[0] and not r.pretrained]
+        lines += [
+            f"warning: stage 0 (epochs 0-{config.freeze_epochs - 1}) freezes {r.part} {r.name}, "
+            "which has random weights: it learns nothing then (pass --freeze-epochs 0 to train "
+            "it from the start, or give it pretrained weights)"
+            for r in frozen
+        ]
+    return lines
+
+
 def train(
     manifest: pd.DataFrame,
     cells: CellPartition,
@@ -554,10 +573,18 @@ def train(
     *,
     resume: str | Path | None = None,
     progress: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[TrainResult, DataReport]:
-    """Train GeoViT on a manifest's train split, validating on its val split each epoch."""
+    """Train GeoViT on a manifest's train split, validating on its val split each epoch.
+
+    ``notify`` receives, before training, each part's weight source ("loaded N/M tensors")
+    and warnings about the schedule (default: this module's logger).
+    """
     L.seed_everything(config.seed, workers=True, verbose=False)  # the initial weights too
     module = GeoViTModule(model_config, cells, config)
+    if resume is None:  # a resumed run's weights come from its checkpoint
+        for line in weight_notes(module, config):
+            (notify or log.warning)(line)
     mean, std = module.model.normalization
     dm, report = build_datamodule(
         manifest, cells, image_size=model_config.image_size, mean=mean, std=std, config=config
@@ -589,4 +616,5 @@ __all__ = [
     "param_groups",
     "resume_model",
     "train",
+    "weight_notes",
 ]

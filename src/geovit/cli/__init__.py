@@ -8,6 +8,7 @@ from geovit.cli import (  # noqa: F401  (importing registers the commands)
     explain,
     serve,
     train,
+    weights,
 )
 from geovit.cli._app import app
 from geovit.cli._common import main

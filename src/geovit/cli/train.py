@@ -28,13 +28,28 @@ def train(
         None, "--cells", help="cells.parquet from `geovit cells build` (not with --resume)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, model.pt."),
-    preset: str = typer.Option("seed", help="Model preset: seed (the design, GPU) or small (CPU)."),
+    preset: str = typer.Option(
+        "seed",
+        help="Model defaults: seed (the design, GPU), small (CPU), lite (EfficientNet-Lite0 with "
+        "offline ImageNet weights from geovit[lite]); --cnn/--vit/--arch override them.",
+    ),
+    arch: str = typer.Option(
+        None, help="hybrid (CNN -> ViT, the design), cnn or vit alone (default: hybrid)."
+    ),
+    cnn: str = typer.Option(None, "--cnn", help="timm CNN name (default: the preset's)."),
+    vit: str = typer.Option(None, "--vit", help="timm ViT name (default: the preset's)."),
     image_size: int = typer.Option(None, help="Input size in pixels (default: the preset's)."),
     pretrained: bool = typer.Option(
-        True, help="ImageNet weights via timm download (local --*-weights files win)."
+        True,
+        help="Real weights for both parts: a local file, an installed package or timm's "
+        "download (--pretrained-cnn/-vit decide one part).",
+    ),
+    pretrained_cnn: bool = typer.Option(None, help="Real CNN weights (default: --pretrained)."),
+    pretrained_vit: bool = typer.Option(
+        None, help="Real ViT weights (default: --pretrained; the lite preset: no)."
     ),
     cnn_weights: Path = typer.Option(None, help="Local CNN weights (.safetensors/.pth)."),
-    vit_weights: Path = typer.Option(None, help="Local ViT weights (.safetensors/.pth/.npz)."),
+    vit_weights: Path = typer.Option(None, help="Local ViT weights (.safetensors/.pth)."),
     epochs: int = typer.Option(23, help="Total epochs over all three stages."),
     freeze_epochs: int = typer.Option(3, help="Stage 1 (all layers) starts at this epoch."),
     cnn_refreeze_epoch: int = typer.Option(20, help="Stage 2 (CNN frozen) starts at this epoch."),
@@ -99,19 +114,24 @@ def train(
         raise GeovitError("--cells is required: pass the cells.parquet from `geovit cells build`")
     else:
         cells = CellPartition.load(cells_path)
-        overrides = {"image_size": image_size} if image_size else {}
         model_cfg = model_config(
             preset,
             len(cells),
+            arch=arch,
+            cnn=cnn,
+            vit=vit,
             pretrained=pretrained,
+            cnn_pretrained=pretrained_cnn,
+            vit_pretrained=pretrained_vit,
             cnn_weights=str(cnn_weights) if cnn_weights else None,
             vit_weights=str(vit_weights) if vit_weights else None,
-            **overrides,
+            image_size=image_size,
         )
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
     result, data_report = run_training(
-        manifest, cells, out, model_cfg, config, resume=resume, progress=progress
-    )
+        manifest, cells, out, model_cfg, config, resume=resume, progress=progress,
+        notify=rank_zero_only(lambda line: console.print(line, highlight=False, soft_wrap=True)),
+    )  # fmt: skip
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
     for line in data_report.lines():
