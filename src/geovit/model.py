@@ -97,6 +97,11 @@ class ModelConfig:
         """The backbones this arch uses ("cnn", "vit" or both)."""
         return {"hybrid": ("cnn", "vit"), "cnn": ("cnn",), "vit": ("vit",)}[self.arch]
 
+    @property
+    def backbones(self) -> str:
+        """The timm models this arch uses, e.g. "resnet18 + vit_tiny_patch16_224"."""
+        return " + ".join(getattr(self, p) for p in self.parts)
+
     def wants_pretrained(self, part: str) -> bool:
         own = getattr(self, f"{part}_pretrained")
         return self.pretrained if own is None else bool(own)
