@@ -578,13 +578,13 @@ def train(
     """Train GeoViT on a manifest's train split, validating on its val split each epoch.
 
     ``notify`` receives, before training, each part's weight source ("loaded N/M tensors")
-    and warnings about the schedule (default: this module's logger).
+    and warnings about the schedule (default: this module's logger, warnings as warnings).
     """
     L.seed_everything(config.seed, workers=True, verbose=False)  # the initial weights too
     module = GeoViTModule(model_config, cells, config)
     if resume is None:  # a resumed run's weights come from its checkpoint
         for line in weight_notes(module, config):
-            (notify or log.warning)(line)
+            (notify or (log.warning if line.startswith("warning") else log.info))(line)
     mean, std = module.model.normalization
     dm, report = build_datamodule(
         manifest, cells, image_size=model_config.image_size, mean=mean, std=std, config=config
