@@ -4,8 +4,9 @@ Evaluation on OpenStreetView-5M means 1M+ images x thousands of cells, so nothin
 logits: per-batch work reduces them to counts and sums, and only a few numbers per image
 (distance in float64, entropy and local mass in float32) are kept for exact medians.
 Conventions follow the OpenStreetView-5M benchmark code: haversine distance with R = 6371 km,
-"within X km" is the strict ``d < X``, GeoGuessr score ``5000 * exp(-d / 1492.7)``, and place labels built from
-``reverse_geocoder`` as ``cc``, ``admin1_cc``, ``admin2_admin1_cc``, ``name_admin2_admin1_cc``.
+"within X km" is the strict ``d < X``, GeoGuessr score ``5000 * exp(-d / 1492.7)``, and place
+labels built from ``reverse_geocoder`` as ``cc``, ``admin1_cc``, ``admin2_admin1_cc``,
+``name_admin2_admin1_cc``.
 """
 
 from __future__ import annotations
