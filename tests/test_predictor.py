@@ -211,3 +211,29 @@ def test_bytes_of_png_are_supported(predictor, photos):
     np.testing.assert_array_equal(
         predictor.predict(buf.getvalue()).indices, predictor.predict(photos[2]).indices
     )
+
+
+def test_cli_predict_reads_osv5m_zip_archives_and_members(
+    tiny_checkpoint, predictor, photos, tmp_path
+):
+    """`00.zip` predicts every image inside, `00.zip::ID.jpg` one; both as the files themselves."""
+    import zipfile
+
+    archive = tmp_path / "00.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for photo in photos:
+            z.write(photo, photo.name)
+        z.writestr("readme.txt", "not an image")
+    member = f"{archive}::{photos[1].name}"
+    missing = f"{archive}::nope.jpg"
+    args = ["predict", "-c", str(tiny_checkpoint), str(archive), member, missing, "-f", "json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output  # the missing member only
+    body = {r["image"]: r for r in json.loads(res.stdout)}
+    assert list(body) == [f"{archive}::{p.name}" for p in photos] + [missing]
+    assert "nope.jpg" in body[missing]["error"]
+    for photo in photos:
+        want = predictor.predict(photo.read_bytes(), top_k=5)
+        got = body[f"{archive}::{photo.name}"]["top_k"]
+        assert [r["index"] for r in got] == want.indices.tolist()
+        np.testing.assert_allclose([r["probability"] for r in got], want.probs, rtol=1e-6)
