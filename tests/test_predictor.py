@@ -237,3 +237,23 @@ def test_cli_predict_reads_osv5m_zip_archives_and_members(
         got = body[f"{archive}::{photo.name}"]["top_k"]
         assert [r["index"] for r in got] == want.indices.tolist()
         np.testing.assert_allclose([r["probability"] for r in got], want.probs, rtol=1e-6)
+
+
+def test_threads_option_and_default_split_cores_with_workers(tiny_checkpoint, photos, monkeypatch):
+    from geovit.cli._common import default_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # restored after the test: the CLI sets it
+    assert [default_threads(w) for w in (0, 1, 3, 7, 16)] == [8, 4, 2, 1, 1]
+    assert default_threads(1, processes=2) == 2 and default_threads(0, processes=16) == 1
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            args = ["predict", "-c", str(tiny_checkpoint), str(photos[0]), "--threads", str(n)]
+            res = CliRunner().invoke(app, args)
+            assert res.exit_code == 0, res.output
+            assert torch.get_num_threads() == n
+        res = CliRunner().invoke(app, ["predict", "-c", str(tiny_checkpoint), str(photos[0])])
+        assert res.exit_code == 0 and torch.get_num_threads() == 8  # the 8 "usable" cores
+    finally:
+        torch.set_num_threads(before)

@@ -88,7 +88,6 @@ def train(
     from geovit.training import TrainConfig, resume_model
     from geovit.training import train as run_training
 
-    set_threads(threads, workers)
     config = TrainConfig(
         epochs=epochs,
         freeze_epochs=freeze_epochs,
@@ -112,6 +111,8 @@ def train(
         limit_val_batches=_batches(limit_val_batches),
         **({"monitor": monitor.value} if monitor else {}),
     )
+    processes = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
+    set_threads(threads, workers, processes)
     if resume is not None:
         model_cfg, cells = resume_model(resume)
         console.print(f"resuming {resume}: model and cells come from the checkpoint")
