@@ -283,8 +283,11 @@ def test_cli_build_from_coordinates_only_with_all_points(tmp_path):
     """A table of coordinates (no image column) is enough; --all partitions every point, and the
     partition is the one CellPartition.build makes of all of them."""
     lat, lon = clustered_points(5, n=500)
-    pd.DataFrame({"latitude": lat, "longitude": lon}).to_csv(tmp_path / "pts.csv", index=False)
+    pd.DataFrame({"y": lat, "x": lon}).to_csv(tmp_path / "pts.csv", index=False)
     args = ["cells", "build", str(tmp_path / "pts.csv"), "--t1", "40", "--t2", "5"]
+    unnamed = CliRunner().invoke(app, args)
+    assert unnamed.exit_code == 2 and "--lat-col" in unnamed.output
+    args += ["--lat-col", "y", "--lon-col", "x"]
     result = CliRunner().invoke(app, [*args, "--all", "--out", str(tmp_path / "all.parquet")])
     assert result.exit_code == 0, result.output
     got = CellPartition.load(tmp_path / "all.parquet")
