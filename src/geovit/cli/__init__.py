@@ -4,8 +4,10 @@ from geovit.cli import (  # noqa: F401  (importing registers the commands)
     cells,
     data,
     demo,
+    download,
     evaluate,
     explain,
+    push,
     serve,
     train,
 )
