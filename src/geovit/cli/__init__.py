@@ -9,6 +9,7 @@ from geovit.cli import (  # noqa: F401  (importing registers the commands)
     explain,
     push,
     serve,
+    shards,
     train,
 )
 from geovit.cli._app import app
