@@ -36,9 +36,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from geovit.cells import CellPartition
@@ -228,17 +230,18 @@ def ratios(model: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 # -------------------------------------------------------------------------- training
 
 
-class KeepEveryEpoch:
-    """A ModelCheckpoint keeping every epoch's weights, built lazily (Lightning import cost)."""
+class EveryEpoch(ModelCheckpoint):
+    """Keeps every epoch's weights (``epochNN.ckpt``), beside geovit's own best/last."""
 
-    @staticmethod
-    def callback(folder: Path):
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        return ModelCheckpoint(
+    def __init__(self, folder: Path) -> None:
+        super().__init__(
             dirpath=folder, filename="epoch{epoch:02d}", auto_insert_metric_name=False,
             monitor=None, save_top_k=-1, every_n_epochs=1, save_weights_only=True,
         )  # fmt: skip
+
+    @property
+    def state_key(self) -> str:
+        return "bench_every_epoch"  # geovit's last-checkpoint callback has the default key
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -255,8 +258,6 @@ def train_run(
     args: argparse.Namespace, manifest: pd.DataFrame, cells: CellPartition
 ) -> tuple[Any, Path]:
     """geovit's training (module + datamodule + fit); returns (TrainResult, per-epoch folder)."""
-    import lightning as L
-
     mcfg = model_config(args.preset, len(cells), **model_overrides(args))
     tcfg = TrainConfig(
         epochs=args.epochs,
@@ -281,7 +282,7 @@ def train_run(
     )
     module.data_info = dataclasses.asdict(report)
     epochs_dir = Path(args.out) / "epochs"
-    callbacks = [KeepEveryEpoch.callback(epochs_dir)] if args.every_epoch else []
+    callbacks = [EveryEpoch(epochs_dir)] if args.every_epoch else []
     result = fit(module, dm, args.out, progress=False, callbacks=callbacks)
     return result, epochs_dir
 

@@ -247,7 +247,8 @@ def _read_csv_columns(
             f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(required)}"
         )
     _require_extra(path, header, extra)
-    usecols = list(dict.fromkeys([*required, *(c for c in METADATA_COLUMNS if c in header), *extra]))
+    meta = [c for c in METADATA_COLUMNS if c in header]
+    usecols = list(dict.fromkeys([*required, *meta, *extra]))
     return pd.read_csv(path, usecols=usecols, dtype=str, engine="pyarrow")
 
 
