@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,20 +228,35 @@ def index_images(folder: Path, report: ManifestReport) -> dict[str, str]:
     return index
 
 
-def _read_csv_columns(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    """Required + known metadata columns, all as strings (OSV ids overflow float64)."""
+def _require_extra(path: Path, header: pd.Index, extra: tuple[str, ...]) -> None:
+    missing = [c for c in extra if c not in header]
+    if missing:
+        raise GeovitError(
+            f"{path}: no column(s) {', '.join(missing)} to keep; columns: {list(header)}"
+        )
+
+
+def _read_csv_columns(
+    path: Path, required: tuple[str, ...], extra: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Required + known metadata + `extra` columns, all as strings (OSV ids overflow float64)."""
     header = pd.read_csv(path, nrows=0).columns
     missing = [c for c in required if c not in header]
     if missing:
         raise GeovitError(
             f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(required)}"
         )
-    usecols = list(required) + [c for c in METADATA_COLUMNS if c in header]
+    _require_extra(path, header, extra)
+    meta = [c for c in METADATA_COLUMNS if c in header]
+    usecols = list(dict.fromkeys([*required, *meta, *extra]))
     return pd.read_csv(path, usecols=usecols, dtype=str, engine="pyarrow")
 
 
 def _read_split_tables(
-    root: Path, parts: tuple[tuple[str, str, str], ...], report: ManifestReport
+    root: Path,
+    parts: tuple[tuple[str, str, str], ...],
+    report: ManifestReport,
+    extra: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """Shared reader for OSV-5M and OSV-Mini: one CSV and one image folder per split."""
     frames = []
@@ -249,7 +264,7 @@ def _read_split_tables(
         csv = root / csv_name
         if not csv.is_file():
             continue
-        df = _read_csv_columns(csv, ("id", "latitude", "longitude"))
+        df = _read_csv_columns(csv, ("id", "latitude", "longitude"), extra)
         index = index_images(root / image_dir, report)
         if not index:
             report.notes.append(f"no images found under {root / image_dir}")
@@ -262,10 +277,10 @@ def _read_split_tables(
     return pd.concat(frames, ignore_index=True)
 
 
-def read_osv5m(root: Path, report: ManifestReport) -> pd.DataFrame:
+def read_osv5m(root: Path, report: ManifestReport, extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """OpenStreetView-5M: train.csv/test.csv + images/{train,test}/ (files or zip archives)."""
     parts = (("train", "train.csv", "images/train"), ("test", "test.csv", "images/test"))
-    return _read_split_tables(root, parts, report)
+    return _read_split_tables(root, parts, report, extra)
 
 
 def _mini_root(folder: Path) -> Path | None:
@@ -275,13 +290,15 @@ def _mini_root(folder: Path) -> Path | None:
     return None
 
 
-def read_osv_mini(folder: Path, report: ManifestReport) -> pd.DataFrame:
+def read_osv_mini(
+    folder: Path, report: ManifestReport, extra: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """OSV-Mini-129k: osv5m/{train,test}_mini.csv + {train,test}_images/<state>/<id>.jpg."""
     root = _mini_root(folder)
     if root is None:
         raise GeovitError(f"{folder}: no osv5m/train_mini.csv or test_mini.csv found")
     parts = (("train", "train_mini.csv", "train_images"), ("test", "test_mini.csv", "test_images"))
-    return _read_split_tables(root, parts, report)
+    return _read_split_tables(root, parts, report, extra)
 
 
 def _pick_column(columns: pd.Index, given: str | None, aliases: tuple[str, ...], what: str) -> str:
@@ -311,6 +328,7 @@ def read_table(
     image_col: str | None = None,
     lat_col: str | None = None,
     lon_col: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """A CSV/Parquet with image path and lat/lon columns; relative paths are table-relative."""
     if path.suffix.lower() == ".csv":
@@ -332,7 +350,8 @@ def read_table(
             "longitude": raw[lon],
         }
     )
-    for col in METADATA_COLUMNS:
+    _require_extra(path, raw.columns, extra)
+    for col in dict.fromkeys([*METADATA_COLUMNS, *extra]):
         if col in raw.columns:
             df[col] = _as_str(raw[col])
     split_col = next((c for c in raw.columns if str(c).lower() == "split"), None)
@@ -550,6 +569,7 @@ def load_manifest(
     seed: int = 0,
     block_km: float = 40.0,
     check_images: bool = False,
+    keep_columns: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, ManifestReport]:
     """Read any supported collection into the manifest table (columns: COLUMNS + metadata).
 
@@ -557,6 +577,8 @@ def load_manifest(
     `check_images` each is also decoded at reduced scale. `val_split` picks the grouping used
     to carve validation (and test, for data without a split): "sequence" keeps a drive's frames
     together, "spatial" keeps ~block_km blocks together, "random" is per image.
+    `keep_columns` names further table columns to carry through as text (e.g. an author or
+    scene column to group or filter by); a missing one is an error.
     """
     if fmt not in FORMATS:
         raise GeovitError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -569,13 +591,16 @@ def load_manifest(
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt != "table" and not path.is_dir():
         raise GeovitError(f"{path}: format {fmt} needs a dataset folder")
+    extra = tuple(c for c in keep_columns if c not in COLUMNS)
+    if extra and fmt == "exif":
+        raise GeovitError(f"{path}: a folder of JPEGs has no column {extra[0]!r}; pass a table")
     report = ManifestReport(source=str(path), fmt=fmt)
     if fmt == "osv5m":
-        df = read_osv5m(path, report)
+        df = read_osv5m(path, report, extra)
     elif fmt == "osv-mini":
-        df = read_osv_mini(path, report)
+        df = read_osv_mini(path, report, extra)
     elif fmt == "table":
-        df = read_table(path, report, image_col, lat_col, lon_col)
+        df = read_table(path, report, image_col, lat_col, lon_col, extra)
     else:
         df = read_exif_folder(path, report)
     report.n_read += len(df)
@@ -593,5 +618,5 @@ def load_manifest(
         block_km=block_km,
     )
     report.splits = {s: int((df["split"] == s).sum()) for s in SPLITS}
-    meta = [c for c in METADATA_COLUMNS if c in df.columns]
+    meta = [c for c in dict.fromkeys([*METADATA_COLUMNS, *extra]) if c in df.columns]
     return df[list(COLUMNS) + meta].reset_index(drop=True), report
