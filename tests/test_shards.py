@@ -156,3 +156,27 @@ def test_shards_cli(tiny_world, tmp_path):
     assert "shards in" in result.output
     again = CliRunner().invoke(app, ["shards", "--data", str(tiny_world), "--out", str(out)])
     assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_evaluate_and_calibrate_from_shards_equal_the_folder(
+    manifest, shards, tiny_world, tiny_checkpoint
+):
+    from geovit.evaluation import calibrate, evaluate
+    from geovit.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    table = read_shard_manifest(shards)
+    from_shards = evaluate(predictor, table, "test", batch_size=16)
+    from_folder = evaluate(predictor, manifest, "test", batch_size=16)
+    assert from_shards == from_folder  # same images, same batches: the same numbers
+    sampled = calibrate(predictor, table, "val", max_images=20, batch_size=8)
+    reference = calibrate(predictor, manifest, "val", max_images=20, batch_size=8)
+    assert sampled.temperature == pytest.approx(reference.temperature, rel=1e-5)
+
+
+def test_evaluate_cli_reads_shards(shards, tiny_checkpoint, tmp_path):
+    args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(shards),
+            "--out", str(tmp_path / "eval")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "metrics.json").is_file()

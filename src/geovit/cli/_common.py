@@ -42,8 +42,19 @@ WORKERS = typer.Option(0, "--workers", "-w", help="DataLoader worker processes."
 def load_split_manifest(
     data: Path, fmt: str, val_fraction: float, val_split: str, split_seed: int
 ) -> tuple[pd.DataFrame, ManifestReport]:
-    """Read DATA with the val hold-out of training; the report's lines go to stderr."""
-    from geovit.data.manifest import load_manifest
+    """Read DATA with the val hold-out of training; the report's lines go to stderr.
+
+    Shards (`geovit shards`) carry their table and the hold-out they were written with.
+    """
+    from geovit.data.manifest import ManifestReport, load_manifest
+    from geovit.data.shards import is_shards, read_shard_manifest
+
+    if is_shards(data):
+        manifest = read_shard_manifest(data)
+        err_console.print(f"shards {data}: {len(manifest):,} images, hold-out as written")
+        report = ManifestReport(source=str(data), fmt="shards", n_read=len(manifest))
+        report.splits = manifest["split"].value_counts().to_dict()
+        return manifest, report
 
     manifest, report = load_manifest(
         data, fmt=fmt, val_fraction=val_fraction, val_split=val_split, seed=split_seed

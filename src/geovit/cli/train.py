@@ -111,15 +111,12 @@ def train(
         )
     from geovit.data.shards import is_shards
 
-    if is_shards(data):  # streamed; the val hold-out was fixed by `geovit shards`
-        from geovit.data.shards import read_shard_manifest
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    build = build_datamodule
+    if is_shards(data):  # streamed from the shards
         from geovit.streaming import build_shard_datamodule
 
-        manifest = read_shard_manifest(data)
         build = functools.partial(build_shard_datamodule, root=data)
-    else:
-        manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
-        build = build_datamodule
     result, data_report = run_training(
         manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build
     )
