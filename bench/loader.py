@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from decode import street_jpegs  # bench/decode.py: the same synthetic 512x341 street JPEGs
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from decode import street_jpegs  # bench/decode.py: the same synthetic 512x341 street JPEGs
 from geovit.data.images import ImageDataset, build_transform, collate_skip_bad
 from geovit.data.shards import ShardDataset, collate_shards, write_shards
 from geovit.model import GeoViT, model_config
@@ -107,14 +107,16 @@ def main() -> None:
              "longitude": 0.0, "split": "train"}
         )  # fmt: skip
         shards = write_shards(manifest, Path(tmp) / "shards").out
+        train_shards = str(shards / "train")
         sources = {
             "folder": lambda: (ImageDataset(files, labels, transform), collate_skip_bad),
             "zip": lambda: (ImageDataset(members, labels, transform), collate_skip_bad),
             "shards": lambda: (
-                ShardDataset(str(shards / "train"), labels, transform, shuffle=True, seed=0,
-                             skip_outside=False),
+                ShardDataset(
+                    train_shards, labels, transform, shuffle=True, seed=0, skip_outside=False
+                ),
                 collate_shards,
-            ),  # fmt: skip
+            ),
         }
         for workers in (1, args.workers):
             for name, make in sources.items():

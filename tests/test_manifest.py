@@ -142,6 +142,41 @@ def test_table_with_aliases_relative_paths_and_split(tmp_path: Path) -> None:
     assert "validation split taken from the data" in report.notes
 
 
+def test_keep_columns_carries_table_and_osv_columns_through(tmp_path: Path) -> None:
+    for i in range(3):
+        write_jpeg(tmp_path / f"{i}.jpg", seed=i)
+    table = pd.DataFrame(
+        {
+            "path": [f"{i}.jpg" for i in range(3)],
+            "latitude": [1.0, 2.0, 3.0],
+            "longitude": [4.0, 5.0, 6.0],
+            "author": ["ann", "bob", "ann"],
+            "scene": ["urban", "indoor", "natural"],
+        }
+    )
+    table.to_csv(tmp_path / "t.csv", index=False)
+    df, _ = load_manifest(tmp_path / "t.csv", keep_columns=("author", "scene"), val_fraction=0.0)
+    by_image = df.set_index("image")
+    assert list(by_image.loc[[str(tmp_path / f"{i}.jpg") for i in range(3)], "author"]) == [
+        "ann",
+        "bob",
+        "ann",
+    ]
+    assert "scene" not in load_manifest(tmp_path / "t.csv")[0].columns
+    with pytest.raises(GeovitError, match=r"no column\(s\) place"):
+        load_manifest(tmp_path / "t.csv", keep_columns=("place",))
+    (tmp_path / "osv" / "images" / "train").mkdir(parents=True)
+    osv = osv_frame(BIG_IDS[:2]).assign(quadtree_10_1000=["a", "b"])
+    osv.to_csv(tmp_path / "osv" / "train.csv", index=False)
+    for i, ident in enumerate(BIG_IDS[:2]):
+        write_jpeg(tmp_path / "osv" / "images" / "train" / f"{ident}.jpg", seed=i)
+    df, _ = load_manifest(tmp_path / "osv", keep_columns=("quadtree_10_1000",), val_fraction=0.0)
+    assert dict(zip(df["id"], df["quadtree_10_1000"], strict=True)) == {
+        BIG_IDS[0]: "a",
+        BIG_IDS[1]: "b",
+    }
+
+
 def test_parquet_with_named_columns_and_int_ids(tmp_path: Path) -> None:
     refs = [str(tmp_path / f"{i}.jpg") for i in range(3)]
     for i, ref in enumerate(refs):
