@@ -123,11 +123,11 @@ def test_shard_datamodule_matches_the_folder_one(manifest, shards, tiny_cells):
         assert dm.labels["train"][item["row"]] == want
 
 
-def _train(shards, tiny_cells, out, epochs: int, resume=None) -> CliRunner:
-    args = ["train", "--data", str(shards), "--cells", str(tiny_cells), "--out", str(out),
+def _train(data, tiny_cells, out, epochs: int, resume=None) -> CliRunner:
+    args = ["train", "--data", str(data), "--cells", str(tiny_cells), "--out", str(out),
             "--preset", "small", "--image-size", str(SIZE), "--no-pretrained",
             "--epochs", str(epochs), "--freeze-epochs", "1", "--cnn-refreeze-epoch", "2",
-            "--batch-size", "16", "--workers", "0", "--accelerator", "cpu",
+            "--batch-size", "16", "--workers", "1", "--accelerator", "cpu",
             "--limit-train-batches", "3", "--limit-val-batches", "2", "--no-progress"]  # fmt: skip
     if resume is not None:
         args += ["--resume", str(resume)]
@@ -136,11 +136,17 @@ def _train(shards, tiny_cells, out, epochs: int, resume=None) -> CliRunner:
     return result
 
 
-def test_train_from_shards_resumes_exactly(shards, tiny_cells, tmp_path):
-    straight = _train(shards, tiny_cells, tmp_path / "a", epochs=3)
+@pytest.mark.parametrize("source", ["shards", "folder"])
+def test_resume_reproduces_the_uninterrupted_run_with_workers(
+    source, shards, tiny_world, tiny_cells, tmp_path
+):
+    """With a worker process, the resumed run's first epoch must get that epoch's order and
+    worker seeds (Lightning's current_epoch still names the checkpoint's epoch then)."""
+    data = shards if source == "shards" else tiny_world
+    straight = _train(data, tiny_cells, tmp_path / "a", epochs=3)
     assert "outside the kept cells" in straight.output
-    _train(shards, tiny_cells, tmp_path / "b", epochs=2)
-    _train(shards, tiny_cells, tmp_path / "b", epochs=3, resume=tmp_path / "b" / "last.ckpt")
+    _train(data, tiny_cells, tmp_path / "b", epochs=2)
+    _train(data, tiny_cells, tmp_path / "b", epochs=3, resume=tmp_path / "b" / "last.ckpt")
     a = load_checkpoint(tmp_path / "a" / "last.ckpt")
     b = load_checkpoint(tmp_path / "b" / "last.ckpt")
     assert a.train["epoch"] == b.train["epoch"] == 2
@@ -156,3 +162,84 @@ def test_shards_cli(tiny_world, tmp_path):
     assert "shards in" in result.output
     again = CliRunner().invoke(app, ["shards", "--data", str(tiny_world), "--out", str(out)])
     assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_evaluate_and_calibrate_from_shards_equal_the_folder(
+    manifest, shards, tiny_world, tiny_checkpoint
+):
+    from geovit.evaluation import calibrate, evaluate
+    from geovit.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    table = read_shard_manifest(shards)
+    from_shards = evaluate(predictor, table, "test", batch_size=16)
+    from_folder = evaluate(predictor, manifest, "test", batch_size=16)
+    assert from_shards == from_folder  # same images, same batches: the same numbers
+    sampled = calibrate(predictor, table, "val", max_images=20, batch_size=8)
+    reference = calibrate(predictor, manifest, "val", max_images=20, batch_size=8)
+    assert sampled.temperature == pytest.approx(reference.temperature, rel=1e-5)
+
+
+def test_evaluate_cli_reads_shards(shards, tiny_checkpoint, tmp_path):
+    args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(shards),
+            "--out", str(tmp_path / "eval")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+DDP_SCRIPT = """
+import functools, pathlib, sys, torch
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from geovit.cells import CellPartition
+from geovit.data.shards import read_shard_manifest
+from geovit.model import model_config
+from geovit.streaming import build_shard_datamodule
+from geovit.training import TrainConfig, train
+
+class Seen(Callback):
+    def __init__(self):
+        self.rows = {{}}
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rows.setdefault(trainer.current_epoch, []).extend(batch["index"].tolist())
+
+seen = Seen()
+shards, out = pathlib.Path({shards!r}), pathlib.Path({out!r})
+cells = CellPartition.load({cells!r})
+cfg = TrainConfig(epochs=2, freeze_epochs=1, cnn_refreeze_epoch=2, batch_size=8, workers=0,
+                  accelerator="cpu", devices=2)
+build = functools.partial(build_shard_datamodule, root=shards)
+result, _ = train(read_shard_manifest(shards), cells, out, model_config("small", len(cells),
+                  image_size=32), cfg, progress=False, build=build, callbacks=[seen])
+rank = torch.distributed.get_rank()
+torch.save(seen.rows, out / f"rank{{rank}}.pt")
+"""
+
+
+def test_ddp_ranks_stream_disjoint_shares(shards, tiny_cells, tmp_path):
+    import subprocess
+    import sys
+
+    script, out = tmp_path / "ddp.py", tmp_path / "run"
+    script.write_text(DDP_SCRIPT.format(shards=str(shards), out=str(out), cells=str(tiny_cells)))
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    table = read_shard_manifest(shards)
+    inside = set(np.flatnonzero(read_cells_labels(table, tiny_cells) >= 0))
+    for epoch in (0, 1):
+        a, b = set(r0[epoch]), set(r1[epoch])
+        assert not a & b  # every rank streams its own chunks
+        assert a | b <= inside and len(a | b) >= len(inside) - 2 * 8 * 2  # less drop_last
+    assert r0[0] != r0[1]  # reshuffled per epoch
+
+
+def read_cells_labels(table: pd.DataFrame, cells_path) -> np.ndarray:
+    """Cell labels of the train split, by shard row (CellPartition.assign, the reference)."""
+    train = table[table["split"] == "train"].sort_values("row")
+    return CellPartition.load(cells_path).assign(
+        train["latitude"].to_numpy(), train["longitude"].to_numpy()
+    )

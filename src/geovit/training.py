@@ -585,6 +585,7 @@ def train(
     resume: str | Path | None = None,
     progress: bool = True,
     build: Callable[..., tuple[L.LightningDataModule, DataReport]] = build_datamodule,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[TrainResult, DataReport]:
     """Train GeoViT on a manifest's train split, validating on its val split each epoch.
 
@@ -597,7 +598,8 @@ def train(
         manifest, cells, image_size=model_config.image_size, mean=mean, std=std, config=config
     )
     module.data_info = dataclasses.asdict(report)
-    return fit(module, dm, out_dir, resume=resume, progress=progress), report
+    result = fit(module, dm, out_dir, resume=resume, progress=progress, callbacks=callbacks)
+    return result, report
 
 
 def resume_model(path: str | Path) -> tuple[ModelConfig, CellPartition]:

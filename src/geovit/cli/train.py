@@ -132,16 +132,13 @@ def train(
         )
     from geovit.data.shards import is_shards
 
-    if is_shards(data):  # streamed; the val hold-out was fixed by `geovit shards`
-        from geovit.data.shards import read_shard_manifest
+    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
+    build = build_datamodule
+    if is_shards(data):  # streamed from the shards
         from geovit.streaming import build_shard_datamodule
 
-        manifest = read_shard_manifest(data)
         build = functools.partial(build_shard_datamodule, root=data)
-    else:
-        columns = TableColumns(image_col, lat_col, lon_col, image_template)
-        manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
-        build = build_datamodule
     result, data_report = run_training(
         manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build
     )

@@ -157,6 +157,7 @@ class ShardDataset(StreamingDataset):
 
     A corrupt image yields None (warned, counted by `collate_shards` as bad); with
     ``skip_outside`` an image whose label is -1 yields an OUTSIDE marker (dropped, not counted).
+    ``index_of`` maps shard rows to the sample's ``index`` (-1: not wanted, dropped likewise).
     Create it inside the DataLoader hook: litdata reads the rank and world size at creation.
     """
 
@@ -169,9 +170,11 @@ class ShardDataset(StreamingDataset):
         shuffle: bool,
         seed: int,
         skip_outside: bool,
+        index_of: np.ndarray | None = None,
     ) -> None:
         super().__init__(input_dir, shuffle=shuffle, seed=seed)
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.index_of = index_of
         self.image_transform = transform
         self.skip_outside = skip_outside
 
@@ -179,16 +182,39 @@ class ShardDataset(StreamingDataset):
         item = super().__getitem__(index)
         row = int(item["row"])
         label = int(self.labels[row])
-        if label < 0 and self.skip_outside:
+        index = row if self.index_of is None else int(self.index_of[row])
+        if (label < 0 and self.skip_outside) or index < 0:
             return {OUTSIDE: True}
         try:
             image = decode_image(item["image"])
         except GeovitError as exc:
             log.warning("skipping image %s (shard row %d): %s", item["id"], row, exc)
             return None
-        return {"image": self.image_transform(image), "label": label, "index": row}
+        return {"image": self.image_transform(image), "label": label, "index": index}
 
 
 def collate_shards(batch: Sequence[dict | None]) -> dict:
     """collate_skip_bad without the OUTSIDE markers (those are reported by the DataReport)."""
     return collate_skip_bad([b for b in batch if b is None or OUTSIDE not in b])
+
+
+def shard_split(
+    rows: pd.DataFrame, transform: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[ShardDataset, Callable] | None:
+    """(in-order dataset, collate) over rows of one split of `read_shard_manifest` (a sample
+    index is the row's position in ``rows``), or None when the rows are not from shards."""
+    if rows.empty or "row" not in rows.columns:
+        return None
+    folder = str(rows["image"].iloc[0]).rpartition("#")[0]
+    if not folder or not (Path(folder) / "index.json").is_file():
+        return None
+    total = int(
+        json.loads((Path(folder).parent / INFO).read_text())["splits"][rows["split"].iloc[0]]
+    )
+    index_of = np.full(total, -1, dtype=np.int64)
+    index_of[rows["row"].to_numpy()] = np.arange(len(rows))
+    labels = np.zeros(total, dtype=np.int64)
+    dataset = ShardDataset(
+        folder, labels, transform, shuffle=False, seed=0, skip_outside=False, index_of=index_of
+    )
+    return dataset, collate_shards
