@@ -361,7 +361,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup-epochs", type=float, default=0.5)
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1: fastest on a shared CPU)"
+    )
     ap.add_argument("--cpu", action="store_true", help="train and evaluate on the CPU")
     ap.add_argument("--seed", type=int, default=0, help="split, cells draw and training seed")
     ap.add_argument("--draws", type=int, default=20, help="random_prior draws averaged")
