@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import string
 import zipfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -301,19 +302,37 @@ def read_osv_mini(
     return _read_split_tables(root, parts, report, extra)
 
 
-def _pick_column(columns: pd.Index, given: str | None, aliases: tuple[str, ...], what: str) -> str:
+def _pick_column(
+    columns: pd.Index, given: str | None, aliases: tuple[str, ...], option: str
+) -> str | None:
+    """The column named by `option` (`given`), else the first alias present, else None."""
     if given is not None:
         if given not in columns:
-            raise GeovitError(f"column {given!r} ({what}) not in table; columns: {list(columns)}")
+            raise GeovitError(f"column {given!r} ({option}) not in table; columns: {list(columns)}")
         return given
     lower = {str(c).lower(): c for c in columns}
-    for alias in aliases:
-        if alias in lower:
-            return lower[alias]
-    raise GeovitError(
-        f"no {what} column in table (looked for {', '.join(aliases)}); "
-        f"name it with the matching option. Columns: {list(columns)}"
+    return next((lower[a] for a in aliases if a in lower), None)
+
+
+def _no_column(columns: pd.Index, aliases: tuple[str, ...], what: str, option: str) -> GeovitError:
+    return GeovitError(
+        f"no {what} column in table (looked for {', '.join(aliases)}); name it with {option}. "
+        f"Columns: {list(columns)}"
     )
+
+
+def _template_paths(raw: pd.DataFrame, template: str) -> list[str]:
+    """`--image-template` filled in per row from the table's columns, e.g. "images/{id}.jpg"."""
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    missing = [f for f in fields if f not in raw.columns]
+    if not fields or missing:
+        raise GeovitError(
+            f"--image-template {template!r} must name table columns in braces"
+            + (f"; not in table: {', '.join(missing)}" if missing else "")
+            + f". Columns: {list(raw.columns)}"
+        )
+    text = pd.DataFrame({f: _as_str(raw[f]) for f in dict.fromkeys(fields)})
+    return [template.format_map(row) for row in text.to_dict("records")]
 
 
 def _resolve_ref(ref: str, base: Path) -> str:
@@ -329,8 +348,14 @@ def read_table(
     lat_col: str | None = None,
     lon_col: str | None = None,
     extra: tuple[str, ...] = (),
+    image_template: str | None = None,
+    need_images: bool = True,
 ) -> pd.DataFrame:
-    """A CSV/Parquet with image path and lat/lon columns; relative paths are table-relative."""
+    """A CSV/Parquet with image path and lat/lon columns; relative paths are table-relative.
+
+    The image path comes from `image_col`, or is built from other columns by `image_template`;
+    without `need_images` a coordinates-only table is fine (its rows have no image).
+    """
     if path.suffix.lower() == ".csv":
         raw = pd.read_csv(path, dtype=str, engine="pyarrow")
     else:
@@ -338,23 +363,46 @@ def read_table(
             raw = pd.read_parquet(path)
         except (OSError, ValueError) as exc:
             raise GeovitError(f"cannot read {path} as Parquet: {exc}") from exc
-    image = _pick_column(raw.columns, image_col, IMAGE_ALIASES, "image path")
-    lat = _pick_column(raw.columns, lat_col, LAT_ALIASES, "latitude")
-    lon = _pick_column(raw.columns, lon_col, LON_ALIASES, "longitude")
-    refs = [None if pd.isna(r) else _resolve_ref(str(r), path.parent) for r in raw[image]]
+    cols = raw.columns
+    lat = _pick_column(cols, lat_col, LAT_ALIASES, "--lat-col")
+    lon = _pick_column(cols, lon_col, LON_ALIASES, "--lon-col")
+    if lat is None:
+        raise _no_column(cols, LAT_ALIASES, "latitude", "--lat-col")
+    if lon is None:
+        raise _no_column(cols, LON_ALIASES, "longitude", "--lon-col")
+    image = _pick_column(cols, image_col, IMAGE_ALIASES, "--image-col")
+    if image_template is not None:
+        paths: list | pd.Series = _template_paths(raw, image_template)
+    elif image is not None:
+        paths = raw[image]
+    elif need_images:
+        raise GeovitError(
+            f"no image path column in table (looked for {', '.join(IMAGE_ALIASES)}); name it "
+            '--image-col, or build paths from ids with --image-template "images/{id}.jpg". '
+            f"Columns: {list(cols)}"
+        )
+    else:
+        paths = [None] * len(raw)
+    refs = [None if pd.isna(r) else _resolve_ref(str(r), path.parent) for r in paths]
+    if "id" in cols:
+        ids = _as_str(raw["id"])
+    elif image is not None:
+        ids = raw[image].astype("str")
+    else:
+        ids = pd.Series(np.arange(len(raw)), index=raw.index).astype("str")  # the row number
     df = pd.DataFrame(
         {
-            "id": _as_str(raw["id"]) if "id" in raw.columns else raw[image].astype("str"),
-            "image": pd.Series(refs, dtype="str"),
+            "id": ids,
+            "image": pd.Series(refs, index=raw.index, dtype="str"),
             "latitude": raw[lat],
             "longitude": raw[lon],
         }
     )
     _require_extra(path, raw.columns, extra)
     for col in dict.fromkeys([*METADATA_COLUMNS, *extra]):
-        if col in raw.columns:
+        if col in cols:
             df[col] = _as_str(raw[col])
-    split_col = next((c for c in raw.columns if str(c).lower() == "split"), None)
+    split_col = next((c for c in cols if str(c).lower() == "split"), None)
     if split_col is not None:
         df["split"] = raw[split_col].astype("str").str.strip().str.lower().map(SPLIT_ALIASES)
         unknown = df["split"].isna().to_numpy()
@@ -443,13 +491,31 @@ def detect_format(source: Path) -> str:
     )
 
 
+def _no_gps_hint(folder: Path) -> str:
+    """What to do when a folder's JPEGs carry no GPS: give the coordinates in a table."""
+    tables = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
+    found = f" ({', '.join(tables)} found there)" if tables else ""
+    return (
+        "; without EXIF GPS the coordinates must come from a .csv/.parquet table with image, "
+        f"latitude and longitude columns: pass the table as the dataset{found}"
+    )
+
+
 # ------------------------------------------------------------------------------ validation
 
 
 def validate(
-    df: pd.DataFrame, report: ManifestReport, *, check_paths: bool, check_images: bool
+    df: pd.DataFrame,
+    report: ManifestReport,
+    *,
+    check_paths: bool,
+    check_images: bool,
+    images: bool = True,
 ) -> pd.DataFrame:
-    """Drop bad rows, counting each under the first reason it fails (order of REASONS)."""
+    """Drop bad rows, counting each under the first reason it fails (order of REASONS).
+
+    With ``images=False`` (coordinates only) no row needs an image.
+    """
     df = report.drop(df, df["id"].isna() | (df["id"].str.len() == 0), "missing_id")
     lat = pd.to_numeric(df["latitude"], errors="coerce").to_numpy(np.float64)
     lon = pd.to_numeric(df["longitude"], errors="coerce").to_numpy(np.float64)
@@ -458,6 +524,8 @@ def validate(
     lat, lon = df["latitude"].to_numpy(), df["longitude"].to_numpy()
     df = report.drop(df, (np.abs(lat) > 90) | (np.abs(lon) > 180), "out_of_range")
     df = report.drop(df, df["id"].duplicated(keep="first"), "duplicate_id")
+    if not images:
+        return df
     missing = df["image"].isna().to_numpy().copy()
     if check_paths:
         members: dict[str, set[str]] = {}
@@ -535,8 +603,17 @@ def assign_splits(
     else:
         codes = _groups(df, val_split, block_km, report)
         split = np.full(len(df), "train", dtype=object)
-        split[pick_groups(codes, test_fraction, rng)] = "test"
-        report.notes.append(f"no split in the data: {test_fraction:.0%} held out as test")
+        test = pick_groups(codes, test_fraction, rng)
+        split[test] = "test"
+        n_test = int(test.sum())
+        report.notes.append(
+            f"no split in the data: {n_test} records ({n_test / len(df):.0%}) held out as test"
+            if n_test
+            else f"no split in the data and too few groups for a {test_fraction:.0%} test "
+            "split: test is empty"
+            if test_fraction > 0
+            else "no split in the data: no test split (test fraction 0)"
+        )
     train = split == "train"
     if "val" in split:
         report.notes.append("validation split taken from the data")
@@ -563,6 +640,8 @@ def load_manifest(
     image_col: str | None = None,
     lat_col: str | None = None,
     lon_col: str | None = None,
+    image_template: str | None = None,
+    need_images: bool = True,
     val_fraction: float = 0.1,
     val_split: str = "sequence",
     test_fraction: float = 0.1,
@@ -579,6 +658,9 @@ def load_manifest(
     together, "spatial" keeps ~block_km blocks together, "random" is per image.
     `keep_columns` names further table columns to carry through as text (e.g. an author or
     scene column to group or filter by); a missing one is an error.
+    The column options apply to tables only. Without `need_images`, a collection with no image
+    at all (a coordinates-only table, CSVs without their images) is read as coordinates; any
+    image that is named is still checked, so the splits match those of training.
     """
     if fmt not in FORMATS:
         raise GeovitError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -594,20 +676,47 @@ def load_manifest(
     extra = tuple(c for c in keep_columns if c not in COLUMNS)
     if extra and fmt == "exif":
         raise GeovitError(f"{path}: a folder of JPEGs has no column {extra[0]!r}; pass a table")
+    table_options = {
+        "--image-col": image_col,
+        "--lat-col": lat_col,
+        "--lon-col": lon_col,
+        "--image-template": image_template,
+    }
+    given = [name for name, value in table_options.items() if value is not None]
+    if given and fmt != "table":
+        raise GeovitError(
+            f"{', '.join(given)} apply to .csv/.parquet tables, but {path} is read as {fmt}; "
+            "pass the table itself as the dataset"
+        )
     report = ManifestReport(source=str(path), fmt=fmt)
     if fmt == "osv5m":
         df = read_osv5m(path, report, extra)
     elif fmt == "osv-mini":
         df = read_osv_mini(path, report, extra)
     elif fmt == "table":
-        df = read_table(path, report, image_col, lat_col, lon_col, extra)
+        df = read_table(
+            path,
+            report,
+            image_col,
+            lat_col,
+            lon_col,
+            extra,
+            image_template,
+            need_images=need_images,
+        )
     else:
         df = read_exif_folder(path, report)
     report.n_read += len(df)
-    df = validate(df, report, check_paths=fmt == "table", check_images=check_images)
+    images = need_images or df["image"].notna().any()
+    if not images:
+        report.notes.append("no images: coordinates only (enough for cells, not for training)")
+    df = validate(df, report, check_paths=fmt == "table", check_images=check_images, images=images)
     if df.empty:
         reasons = ", ".join(f"{r} {n}" for r, n in report.dropped.items()) or "no records"
-        raise GeovitError(f"{path}: no usable records ({report.n_read} read; dropped: {reasons})")
+        hint = _no_gps_hint(path) if fmt == "exif" else ""
+        raise GeovitError(
+            f"{path}: no usable records ({report.n_read} read; dropped: {reasons}){hint}"
+        )
     df = assign_splits(
         df,
         report,
