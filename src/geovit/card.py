@@ -21,17 +21,11 @@ import yaml
 from geovit.cells import CellPartition
 from geovit.checkpoint import LoadedCheckpoint
 from geovit.data.manifest import detect_format
-from geovit.data.synth import world_info
+from geovit.data.synth import SYNTHETIC_NOTICE, world_info
 from geovit.errors import GeovitError
 from geovit.fileio import write_text
 from geovit.hub import OSV5M_REPO
 from geovit.metrics import DISTANCE_CONVENTION
-
-SYNTHETIC_NOTICE = (
-    "**The data of this run is synthetic**: street-like scenes drawn by `geovit.data.synth` at "
-    "real western-US locations, not photographs. The numbers below say how well the pipeline "
-    "learns that synthetic world; they say nothing about real street imagery."
-)
 
 
 @dataclass(frozen=True)
