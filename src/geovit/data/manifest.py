@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ FORMATS = ("auto", "osv5m", "osv-mini", "table", "exif")
 VAL_SPLITS = ("random", "sequence", "spatial")
 ZIP_SEP = "::"
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+# The image formats geovit decodes, checked from the header before any decoder runs: nothing
+# else reaches Pillow's other plugins (EPS would run Ghostscript). Pillow's JPEG plugin also
+# opens the multi-picture JPEGs many phones write (their format reads "MPO").
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 KM_PER_DEGREE = 6371.0 * np.pi / 180.0
 
@@ -161,7 +166,10 @@ def read_image_bytes(ref: str) -> bytes:
     path, member = split_ref(ref)
     try:
         return open_zip(path).read(member) if member is not None else Path(path).read_bytes()
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+            NotImplementedError) as exc:  # fmt: skip
+        # zlib.error/EOFError: damaged member; RuntimeError: encrypted; NotImplementedError:
+        # a compression method zipfile lacks
         raise GeovitError(f"cannot read image {ref}: {exc}") from exc
 
 
@@ -180,10 +188,10 @@ def _image_exists(ref: str, members: dict[str, set[str]]) -> bool:
 def _image_readable(ref: str) -> bool:
     """Decode at reduced JPEG scale (draft mode): catches truncated files at ~1/10 the cost."""
     try:
-        with Image.open(io.BytesIO(read_image_bytes(ref))) as im:
+        with Image.open(io.BytesIO(read_image_bytes(ref)), formats=IMAGE_FORMATS) as im:
             im.draft("RGB", (64, 64))
             im.load()
-    except (GeovitError, OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except Exception:  # any decoder failure makes the record unreadable, never a crash
         return False
     return True
 
@@ -365,7 +373,7 @@ def _dms_to_degrees(value: object, ref: object, negative: str) -> float:
 
 def exif_latlon(path: str) -> tuple[float, float] | None:
     """(lat, lon) from a JPEG's EXIF GPS tags; None without them, OSError when unreadable."""
-    with Image.open(path) as im:
+    with Image.open(path, formats=IMAGE_FORMATS) as im:
         gps = im.getexif().get_ifd(0x8825)
     if 2 not in gps or 4 not in gps:
         return None
