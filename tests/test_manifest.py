@@ -142,6 +142,41 @@ def test_table_with_aliases_relative_paths_and_split(tmp_path: Path) -> None:
     assert "validation split taken from the data" in report.notes
 
 
+def test_keep_columns_carries_table_and_osv_columns_through(tmp_path: Path) -> None:
+    for i in range(3):
+        write_jpeg(tmp_path / f"{i}.jpg", seed=i)
+    table = pd.DataFrame(
+        {
+            "path": [f"{i}.jpg" for i in range(3)],
+            "latitude": [1.0, 2.0, 3.0],
+            "longitude": [4.0, 5.0, 6.0],
+            "author": ["ann", "bob", "ann"],
+            "scene": ["urban", "indoor", "natural"],
+        }
+    )
+    table.to_csv(tmp_path / "t.csv", index=False)
+    df, _ = load_manifest(tmp_path / "t.csv", keep_columns=("author", "scene"), val_fraction=0.0)
+    by_image = df.set_index("image")
+    assert list(by_image.loc[[str(tmp_path / f"{i}.jpg") for i in range(3)], "author"]) == [
+        "ann",
+        "bob",
+        "ann",
+    ]
+    assert "scene" not in load_manifest(tmp_path / "t.csv")[0].columns
+    with pytest.raises(GeovitError, match=r"no column\(s\) place"):
+        load_manifest(tmp_path / "t.csv", keep_columns=("place",))
+    (tmp_path / "osv" / "images" / "train").mkdir(parents=True)
+    osv = osv_frame(BIG_IDS[:2]).assign(quadtree_10_1000=["a", "b"])
+    osv.to_csv(tmp_path / "osv" / "train.csv", index=False)
+    for i, ident in enumerate(BIG_IDS[:2]):
+        write_jpeg(tmp_path / "osv" / "images" / "train" / f"{ident}.jpg", seed=i)
+    df, _ = load_manifest(tmp_path / "osv", keep_columns=("quadtree_10_1000",), val_fraction=0.0)
+    assert dict(zip(df["id"], df["quadtree_10_1000"], strict=True)) == {
+        BIG_IDS[0]: "a",
+        BIG_IDS[1]: "b",
+    }
+
+
 def test_parquet_with_named_columns_and_int_ids(tmp_path: Path) -> None:
     refs = [str(tmp_path / f"{i}.jpg") for i in range(3)]
     for i, ref in enumerate(refs):
@@ -409,3 +444,39 @@ def test_test_split_note_says_what_was_held_out(tmp_path: Path) -> None:
         n_test > 0
         and f"{n_test} records ({n_test / len(df):.0%}) held out as test" in "\n".join(report.notes)
     )
+
+
+def test_missing_or_invalid_gps_hemisphere_is_dropped_not_placed_north_east(
+    tmp_path: Path,
+) -> None:
+    """40.5, -105.5 (Colorado) without its W ref used to land at 40.5, 105.5 in China."""
+    write_jpeg(tmp_path / "ok.jpg", exif=gps_exif((40.0, 30.0, 0.0), "N", (105.0, 30.0, 0.0), "W"))
+    write_jpeg(
+        tmp_path / "no_ref.jpg", exif=gps_exif((40.0, 30.0, 0.0), "N", (105.0, 30.0, 0.0), "")
+    )
+    write_jpeg(
+        tmp_path / "bad_ref.jpg", exif=gps_exif((40.0, 30.0, 0.0), "X", (105.0, 30.0, 0.0), "W")
+    )
+    df, report = load_manifest(tmp_path, val_fraction=0.0, test_fraction=0.0)
+    assert report.dropped == {"bad_gps_ref": 2}
+    assert sorted(report.examples["bad_gps_ref"]) == ["bad_ref.jpg", "no_ref.jpg"]
+    assert df["id"].tolist() == ["ok.jpg"]
+    assert (df["latitude"].iloc[0], df["longitude"].iloc[0]) == pytest.approx((40.5, -105.5))
+
+
+@pytest.mark.parametrize("layout", ["exif", "osv5m"])
+def test_symlink_loops_are_walked_once_and_reported(tmp_path: Path, layout: str) -> None:
+    """A link back to a parent used to be followed ~40 levels deep (3 files -> 123 records)."""
+    root = tmp_path / "data"
+    images = root / "images" / "train" if layout == "osv5m" else root
+    exif = gps_exif((40.0, 30.0, 0.0), "N", (105.0, 30.0, 0.0), "W")
+    for i, folder in enumerate(["sub", "sub", "leaf"]):
+        write_jpeg(images / folder / f"{i}.jpg", seed=i, exif=exif)
+    (images / "sub" / "loop").symlink_to(images, target_is_directory=True)  # a loop
+    (images / "again").symlink_to(images / "leaf", target_is_directory=True)  # a duplicate
+    if layout == "osv5m":
+        osv_frame(["0", "1", "2"]).to_csv(root / "train.csv", index=False)
+    df, report = load_manifest(root, val_fraction=0.0, test_fraction=0.0)
+    assert len(df) == 3 and report.n_read == 3
+    note = next(n for n in report.notes if "linked folder" in n)
+    assert note.startswith("skipped 2 linked folder(s)")

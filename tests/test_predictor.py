@@ -112,9 +112,14 @@ def test_expand_images_files_folders_globs(tmp_path, photos):
     assert problems[0][1] == "pattern matches no files"
 
 
-def test_predict_files_keeps_going_past_bad_images(predictor, photos, tmp_path):
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"\xff\xd8\xff\xe0 truncated", "decode"), (b"", "empty"), (b"%!PS-Adobe-3.0", "accepted")],
+)
+def test_predict_files_keeps_going_past_bad_images(predictor, photos, tmp_path, content, words):
+    """A zero-byte file used to crash the whole call (the good images were lost)."""
     bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"\xff\xd8 truncated")
+    bad.write_bytes(content)
     paths = [str(photos[0]), str(bad), str(photos[1])]
     predictor.batch_size = 2  # the bad file sits inside a batch and at a batch edge
     try:
@@ -122,7 +127,7 @@ def test_predict_files_keeps_going_past_bad_images(predictor, photos, tmp_path):
     finally:
         predictor.batch_size = 32
     assert [p for p, _ in results] == paths
-    assert isinstance(results[1][1], str) and "decode" in results[1][1]
+    assert isinstance(results[1][1], str) and words in results[1][1]
     for (_, pred), photo in zip([results[0], results[2]], [photos[0], photos[1]], strict=True):
         np.testing.assert_array_equal(pred.indices, predictor.predict(photo, top_k=2).indices)
 

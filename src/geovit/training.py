@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,9 +151,15 @@ class EpochSeededLoader(DataLoader):
         super().__init__(*args, generator=torch.Generator(), **kwargs)
         self._seed, self._trainer = seed, trainer
 
+    @property
+    def epoch(self) -> int:
+        """The epoch this iterator serves: the one Lightning gives samplers' set_epoch
+        (``current_epoch`` still names the checkpoint's epoch when a resumed run starts)."""
+        return self._trainer.fit_loop.epoch_progress.current.processed
+
     def __iter__(self):
         t = self._trainer
-        self.generator.manual_seed(epoch_seed(self._seed, t.current_epoch, t.global_rank, 1))
+        self.generator.manual_seed(epoch_seed(self._seed, self.epoch, t.global_rank, 1))
         return super().__iter__()
 
 
@@ -415,16 +421,10 @@ class DataReport:
         ]
 
 
-def build_datamodule(
-    manifest: pd.DataFrame,
-    cells: CellPartition,
-    *,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    config: TrainConfig,
-) -> tuple[GeoDataModule, DataReport]:
-    """Label the manifest's train/val rows with the cells and wrap them as image datasets."""
+def label_splits(
+    manifest: pd.DataFrame, cells: CellPartition
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, DataReport]:
+    """Cell labels of every row, the train rows to learn from, the val rows, and their counts."""
     split = manifest["split"].to_numpy()
     labels = cells.assign(manifest["latitude"].to_numpy(), manifest["longitude"].to_numpy())
     is_train, is_val = split == "train", split == "val"
@@ -443,6 +443,20 @@ def build_datamodule(
         )
     if report.n_val == 0:
         raise GeovitError("the manifest has no 'val' rows: load it with a --val-fraction > 0")
+    return labels, keep, is_val, report
+
+
+def build_datamodule(
+    manifest: pd.DataFrame,
+    cells: CellPartition,
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: TrainConfig,
+) -> tuple[GeoDataModule, DataReport]:
+    """Label the manifest's train/val rows with the cells and wrap them as image datasets."""
+    labels, keep, is_val, report = label_splits(manifest, cells)
     images = manifest["image"].to_numpy(dtype=object)
     train_tf = build_transform(image_size, mean, std, train=True, hflip=config.hflip)
     val_tf = build_transform(image_size, mean, std, train=False)
@@ -570,16 +584,22 @@ def train(
     *,
     resume: str | Path | None = None,
     progress: bool = True,
+    build: Callable[..., tuple[L.LightningDataModule, DataReport]] = build_datamodule,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[TrainResult, DataReport]:
-    """Train GeoViT on a manifest's train split, validating on its val split each epoch."""
+    """Train GeoViT on a manifest's train split, validating on its val split each epoch.
+
+    ``build`` makes the datamodule (build_datamodule's signature; geovit.streaming's for shards).
+    """
     L.seed_everything(config.seed, workers=True, verbose=False)  # the initial weights too
     module = GeoViTModule(model_config, cells, config)
     mean, std = module.model.normalization
-    dm, report = build_datamodule(
+    dm, report = build(
         manifest, cells, image_size=model_config.image_size, mean=mean, std=std, config=config
     )
     module.data_info = dataclasses.asdict(report)
-    return fit(module, dm, out_dir, resume=resume, progress=progress), report
+    result = fit(module, dm, out_dir, resume=resume, progress=progress, callbacks=callbacks)
+    return result, report
 
 
 def resume_model(path: str | Path) -> tuple[ModelConfig, CellPartition]:
@@ -602,6 +622,7 @@ __all__ = [
     "build_datamodule",
     "epoch_seed",
     "fit",
+    "label_splits",
     "param_groups",
     "resume_model",
     "train",

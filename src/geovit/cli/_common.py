@@ -101,9 +101,18 @@ def load_split_manifest(
 ) -> tuple[pd.DataFrame, ManifestReport]:
     """Read DATA with the val hold-out of training; the report's lines go to stderr.
 
-    `options` go to load_manifest as they are (e.g. need_images, test_fraction).
+    `options` go to load_manifest as they are (e.g. need_images, test_fraction). Shards
+    (`geovit shards`) carry their table and the hold-out they were written with.
     """
-    from geovit.data.manifest import load_manifest
+    from geovit.data.manifest import ManifestReport, load_manifest
+    from geovit.data.shards import is_shards, read_shard_manifest
+
+    if is_shards(data):
+        manifest = read_shard_manifest(data)
+        err_console.print(f"shards {data}: {len(manifest):,} images, hold-out as written")
+        report = ManifestReport(source=str(data), fmt="shards", n_read=len(manifest))
+        report.splits = manifest["split"].value_counts().to_dict()
+        return manifest, report
 
     manifest, report = load_manifest(
         data,

@@ -36,8 +36,12 @@ LON = typer.Option(None, help="True longitude of the photo (degrees).")
 LOCATION_DATA = typer.Option(
     None, "--data", "-d", help="Dataset whose manifest gives the photo's true location."
 )
-PATCH = typer.Option(32, help="Occluding patch size in model-input pixels.")
-STRIDE = typer.Option(8, help="Step between patch positions (pixels).")
+PATCH = typer.Option(
+    None, help="Occluding patch size in model-input pixels [default: 1/7 of the input, 32 at 224]."
+)
+STRIDE = typer.Option(
+    None, help="Step between patch positions in pixels [default: 1/28 of the input, 8 at 224]."
+)
 FILL = typer.Option("mean", help="Patch colour: 'mean' (dataset mean) or R,G,B in 0-255.")
 FAST = typer.Option(False, "--fast", help="bf16 autocast + channels_last (about 2x faster).")
 BASEMAP = typer.Option(
@@ -79,8 +83,8 @@ def explain(
     lat: float = LAT,
     lon: float = LON,
     data: Path = LOCATION_DATA,
-    patch: int = PATCH,
-    stride: int = STRIDE,
+    patch: int | None = PATCH,
+    stride: int | None = STRIDE,
     fill: str = FILL,
     fast: bool = FAST,
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Occluded copies per forward."),
@@ -127,7 +131,9 @@ def map_command(
     lon: float = LON,
     data: Path = LOCATION_DATA,
     top_k: int = typer.Option(5, "--top-k", "-k", help="Cells outlined and labelled."),
-    log: bool = typer.Option(False, "--log", help="Logarithmic colour scale."),
+    log: bool = typer.Option(
+        True, "--log/--linear", help="Colour scale: log 1e-4..1 or linear 0..1 (fixed for all)."
+    ),
     basemap: Path = BASEMAP,
 ) -> None:
     """Probability map: the model's softmax over all cells, top cells labelled, truth in red."""
@@ -174,8 +180,8 @@ def report(
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
-    patch: int = PATCH,
-    stride: int = STRIDE,
+    patch: int | None = PATCH,
+    stride: int | None = STRIDE,
     fill: str = FILL,
     fast: bool = FAST,
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
@@ -186,6 +192,7 @@ def report(
     image_template: str = IMAGE_TEMPLATE,
 ) -> None:
     """One self-contained HTML page: metrics, reliability, accuracy map and an example gallery."""
+    from geovit.data.synth import is_synthetic_world
     from geovit.explain import parse_fill
     from geovit.predictor import Predictor
     from geovit.report import build_report
@@ -209,6 +216,8 @@ def report(
             batch_size=batch_size,
             title=f"GeoViT report: {checkpoint.name} on {data.name} ({split})",
             progress=advance,
+            run_dir=checkpoint.parent,
+            synthetic=is_synthetic_world(data),
             patch=patch,
             stride=stride,
             fill=fill,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -85,7 +86,7 @@ def train(
 
     from geovit.cells import CellPartition
     from geovit.model import model_config
-    from geovit.training import TrainConfig, resume_model
+    from geovit.training import TrainConfig, build_datamodule, resume_model
     from geovit.training import train as run_training
 
     config = TrainConfig(
@@ -129,10 +130,17 @@ def train(
             vit_weights=str(vit_weights) if vit_weights else None,
             **overrides,
         )
+    from geovit.data.shards import is_shards
+
     columns = TableColumns(image_col, lat_col, lon_col, image_template)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
+    build = build_datamodule
+    if is_shards(data):  # streamed from the shards
+        from geovit.streaming import build_shard_datamodule
+
+        build = functools.partial(build_shard_datamodule, root=data)
     result, data_report = run_training(
-        manifest, cells, out, model_cfg, config, resume=resume, progress=progress
+        manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build
     )
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
