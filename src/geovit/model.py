@@ -22,8 +22,6 @@ source (a file, an installed package, timm's hub, or none) and every load is cou
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -32,6 +30,7 @@ import torch
 from torch import nn
 
 from geovit.errors import GeovitError
+from geovit.net import hub_offline, require_host
 from geovit.weights import (
     PACKAGED,
     LoadReport,
@@ -130,15 +129,13 @@ def model_config(preset: str, num_classes: int, **overrides) -> ModelConfig:
 
 
 def _require_download_host(name: str) -> None:
-    """Fail in seconds, not after minutes of hub retries, when timm's weight host is unreachable.
+    """Fail in seconds when timm's weight host is unreachable (geovit.net.require_host).
 
-    Skipped when the user runs the hub offline (HF_HUB_OFFLINE: timm then uses the local cache)
-    or goes through a proxy (a direct probe would say nothing about it).
+    Skipped when the user runs the hub offline (HF_HUB_OFFLINE: timm then uses the local cache).
     """
     import huggingface_hub
 
-    proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"))
-    if os.environ.get("HF_HUB_OFFLINE") or proxied:
+    if hub_offline():
         return
     if name.startswith(HUB_PREFIX):
         url = huggingface_hub.constants.ENDPOINT
@@ -150,14 +147,13 @@ def _require_download_host(name: str) -> None:
     host = urlparse(url or "").hostname
     if host is None:
         return
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as exc:
-        raise GeovitError(
-            f"cannot reach {host} for {name} ({exc}): pass local files with "
-            "--cnn-weights/--vit-weights, set HF_HUB_OFFLINE=1 to use what is already in the "
-            "Hugging Face cache, or go without with --no-pretrained (or --no-pretrained-cnn/-vit)"
-        ) from exc
+    require_host(
+        host,
+        f"download pretrained weights for {name}",
+        "pass local files with --cnn-weights/--vit-weights, set HF_HUB_OFFLINE=1 to use what is "
+        "already in the Hugging Face cache, or go without with --no-pretrained (or "
+        "--no-pretrained-cnn/-vit)",
+    )
 
 
 def _hub_config(name: str, known: dict) -> dict:
