@@ -13,11 +13,11 @@ import yaml
 from geovit.cells import CellPartition
 from geovit.demo import (
     DemoSettings,
-    majority_baseline,
     run_demo,
     scaled_thresholds,
     stage_boundaries,
 )
+from geovit.evaluation import majority_baseline
 from geovit.geo import haversine_km
 
 TINY = DemoSettings(

@@ -174,3 +174,31 @@ def test_cli_evaluate_and_calibrate(tiny_checkpoint, tiny_world, tmp_path):
     )
     assert res.exit_code == 2 and "--top-k" in res.stderr
     assert load_checkpoint(model).temperature == stored  # a failed command changes nothing
+
+
+def test_reliability_legend_names_over_and_under_confidence():
+    """Two bins by hand: 0.2-0.4 under-confident (confidence 0.3 < accuracy 0.5), 0.8-1.0
+    over-confident (0.9 > 0.4); each gap is shaded in its own colour and named in the legend."""
+    from matplotlib.colors import to_hex
+
+    from geovit.evaluation import OVER_COLOUR, UNDER_COLOUR, reliability_figure
+
+    bins = [
+        {"lower": lo, "upper": lo + 0.2, "accuracy": None, "confidence": None, "count": 0}
+        for lo in (0.0, 0.2, 0.4, 0.6, 0.8)
+    ]
+    bins[1].update(accuracy=0.5, confidence=0.3, count=10)
+    bins[4].update(accuracy=0.4, confidence=0.9, count=5)
+    m = {"split": "val", "temperature": 1.0, "calibration": {"ece": 0.25, "bins": bins}}
+    fig = reliability_figure(m)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "over-confident: confidence > accuracy" in labels
+    assert "under-confident: confidence < accuracy" in labels
+    shaded = {
+        to_hex(p.get_facecolor(), keep_alpha=False): (p.get_x(), p.get_y(), p.get_height())
+        for p in ax.patches
+        if p.get_height() != 0 and to_hex(p.get_facecolor()) in (OVER_COLOUR, UNDER_COLOUR)
+    }
+    assert shaded[OVER_COLOUR] == pytest.approx((0.8, 0.4, 0.5))  # from accuracy up to 0.9
+    assert shaded[UNDER_COLOUR] == pytest.approx((0.2, 0.5, -0.2))  # from accuracy down to 0.3

@@ -23,6 +23,7 @@ from matplotlib.path import Path as MplPath
 from PIL import Image
 
 from geovit.explain import explain_image
+from geovit.geo import haversine_km
 from geovit.predictor import Predictor
 from geovit.serve import STATIC_DIR, create_app
 
@@ -126,7 +127,7 @@ def test_cells_geojson_is_the_partition(client, predictor):
 
 def test_index_page_and_assets_need_no_network(client):
     html = client.get("/").text
-    assert "<svg" in html and 'id="topk"' in html
+    assert 'id="map-frame"' in html and 'id="topk"' in html and 'id="true-lat"' in html
     refs = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert refs, "page references its script and stylesheet"
     for ref in refs:
@@ -140,6 +141,20 @@ def test_index_page_and_assets_need_no_network(client):
             urls,
         )  # a namespace, not fetched
     assert client.get("/basemap.json").json()["world"]["coastline"]
+
+
+def test_map_page_is_the_cli_map_with_the_truth(client, predictor, photo):
+    """/map returns geovit.maps' HTML map of the photo (the page's one look) and the best
+    guess's distance to a given true location, by the haversine formula."""
+    lat, lon = 40.76, -111.89
+    r = client.post("/map", **upload(photo), data={"lat": str(lat), "lon": str(lon)})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    ref = predictor.predict(Image.open(io.BytesIO(photo)), top_k=1)
+    km = haversine_km(ref.best_lat, ref.best_lon, lat, lon)
+    assert float(r.headers["x-geovit-error-km"]) == pytest.approx(km, abs=0.05)
+    assert 'class="truthline"' in r.text and "log scale, fixed" in r.text
+    bad = client.post("/map", **upload(photo), data={"lat": "40"})
+    assert bad.status_code == 422 and "both lat and lon" in bad.json()["detail"]
 
 
 def test_openapi_docs(client):

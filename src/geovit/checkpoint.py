@@ -22,7 +22,9 @@ from geovit import __version__
 from geovit.cells import CellPartition
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write
+from geovit.hub import resolve_model
 from geovit.model import GeoViT, ModelConfig
+from geovit.modelfolder import is_model_folder, read_folder
 
 CONTRACT_KEYS = (
     "state_dict",
@@ -134,6 +136,10 @@ def read_raw(path: str | os.PathLike, *, mmap: bool = False) -> dict:
             f"({type(exc).__name__}); pass model.pt, best.ckpt or last.ckpt from a "
             "`geovit train` run"
         ) from exc
+    return _require_contract(raw, path)
+
+
+def _require_contract(raw: dict, path: str | os.PathLike) -> dict:
     missing = [k for k in CONTRACT_KEYS if not isinstance(raw, dict) or k not in raw]
     if missing:
         raise GeovitError(
@@ -169,8 +175,10 @@ def _check_values(raw: dict, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
-    """Open a geovit checkpoint (plain or Lightning .ckpt) on the CPU, model in eval mode."""
-    raw = read_raw(path)
+    """Open a geovit checkpoint (plain or Lightning .ckpt, a model folder, or a Hub model
+    ``hf-hub:USER/NAME``) on the CPU, model in eval mode."""
+    path = resolve_model(path)
+    raw = _require_contract(read_folder(path), path) if is_model_folder(path) else read_raw(path)
     _check_values(raw, path)
     # the weights come from the file: never download or read the original backbone weights
     config = dataclasses.replace(

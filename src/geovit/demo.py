@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from geovit.card import describe_dataset, write_cards
 from geovit.cells import T1_DEFAULT, T2_DEFAULT, CellPartition
@@ -24,9 +23,8 @@ from geovit.checkpoint import load_checkpoint, set_temperature
 from geovit.data.manifest import load_manifest
 from geovit.data.synth import generate_world
 from geovit.errors import GeovitError
-from geovit.evaluation import calibrate, evaluate, write_outputs
+from geovit.evaluation import calibrate, evaluate, majority_baseline, write_outputs
 from geovit.explain import explain_image, render_explanation
-from geovit.geo import haversine_km
 from geovit.maps import probability_map
 from geovit.model import model_config
 from geovit.predictor import Predictor
@@ -93,22 +91,6 @@ class DemoResult:
     metrics: dict[str, Any]
     baselines: dict[str, float]
     files: dict[str, Path] = field(default_factory=dict)
-
-
-def majority_baseline(
-    manifest: pd.DataFrame, cells: CellPartition, split: str = "test"
-) -> dict[str, float]:
-    """Chance and "always predict the most common training cell" on a split's top-1 accuracy and
-    within-200-km accuracy (the predicted point being that cell's centroid)."""
-    rows = manifest[manifest["split"] == split]
-    lat, lon = rows["latitude"].to_numpy(np.float64), rows["longitude"].to_numpy(np.float64)
-    common = int(np.argmax(cells.counts))
-    d = haversine_km(lat, lon, cells.centroid_lat[common], cells.centroid_lon[common])
-    return {
-        "chance_top1": 1.0 / len(cells),
-        "majority_top1": float(np.mean(cells.assign(lat, lon) == common)),
-        "majority_within_200km": float(np.mean(d < 200.0)),
-    }
 
 
 def run_demo(

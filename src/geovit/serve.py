@@ -25,10 +25,10 @@ import anyio
 import h11
 import numpy as np
 import uvicorn
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -41,7 +41,13 @@ from geovit import __version__
 from geovit.data.images import decode_image, open_image
 from geovit.errors import GeovitError
 from geovit.explain import explain_image, window_starts
-from geovit.maps import cell_info, cells_geojson, partition_geojson
+from geovit.maps import (
+    best_guess,
+    cell_info,
+    cells_geojson,
+    partition_geojson,
+    probability_map_html,
+)
 
 DEFAULT_MAX_BYTES = 20_000_000
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -421,6 +427,31 @@ def create_app(
             "total": (time.perf_counter() - t0) * 1e3,
         }
         return body
+
+    @app.post("/map", response_class=HTMLResponse)
+    async def map_page(
+        image: UploadFile = File(..., description="the photo"),
+        lat: float | None = Form(None, ge=-90, le=90, description="true latitude (optional)"),
+        lon: float | None = Form(None, ge=-180, le=180, description="true longitude (optional)"),
+    ) -> HTMLResponse:
+        """The photo's probability map as a self-contained HTML page, drawn as `geovit map`
+        draws it; with lat/lon also the truth, the line to it and (header X-Geovit-Error-Km)
+        the best guess's distance to it."""
+        if (lat is None) != (lon is None):
+            raise HTTPException(422, "give both lat and lon of the true location (or neither)")
+        img, _ = await read_image(image)  # decoded outside the lock: a slow decode blocks no one
+        async with model_lock:
+            probs = await run_in_threadpool(
+                lambda: np.asarray(predictor.predict_proba(predictor.preprocess(img)[None]))[0]
+            )
+        page = await run_in_threadpool(
+            probability_map_html, cells, np.asarray(probs, np.float64), lat=lat, lon=lon, top_k=k
+        )
+        headers = {}
+        if lat is not None and lon is not None:
+            _, km = best_guess(cells, np.asarray(probs, np.float64), (lat, lon))
+            headers["X-Geovit-Error-Km"] = f"{km:.1f}"
+        return HTMLResponse(page, headers=headers)
 
     @app.post("/explain", response_model=None)
     async def explain(
