@@ -90,6 +90,7 @@ def toy_run(
     n_val: int = 24,
     callbacks=(),
     resume=None,
+    overwrite=False,
     **overrides,
 ):
     cells = toy_cells()
@@ -104,7 +105,9 @@ def toy_run(
     dm = GeoDataModule(
         ToyImages(cells, n_train, seed=1), val, val.coords, batch_size=cfg.batch_size, seed=cfg.seed
     )
-    result = fit(module, dm, out, resume=resume, progress=False, callbacks=callbacks)
+    result = fit(
+        module, dm, out, resume=resume, progress=False, callbacks=callbacks, overwrite=overwrite
+    )
     return module, result
 
 
