@@ -34,6 +34,15 @@ class DatasetInfo:
     source: str
     synthetic: bool
     generator: Mapping[str, Any] | None = None  # the synthetic world's settings (world.json)
+    hub_id: str | None = None  # the Hugging Face Hub dataset id, where the data is a known one
+
+
+# OpenStreetView-5M as published on the Hub; its layout: train.csv + images/train/NN.zip.
+OSV5M_HUB_ID = "osv5m/osv5m"
+
+
+def _hub_id(path: Path) -> str | None:
+    return OSV5M_HUB_ID if any((path / "images" / "train").glob("*.zip")) else None
 
 
 def describe_dataset(path: str | os.PathLike, name: str) -> DatasetInfo:
@@ -43,8 +52,13 @@ def describe_dataset(path: str | os.PathLike, name: str) -> DatasetInfo:
         generator = world_info(path)
     except GeovitError:
         generator = None
+    synthetic = generator is not None
     return DatasetInfo(
-        name=name, source=str(path), synthetic=generator is not None, generator=generator
+        name=name,
+        source=str(path),
+        synthetic=synthetic,
+        generator=generator,
+        hub_id=None if synthetic else _hub_id(Path(path)),
     )
 
 
@@ -88,7 +102,8 @@ def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Data
         "pipeline_tag": "image-classification",
         "tags": ["geolocation", "s2-cells", "vision-transformer", "timm", "geovit"]
         + (["synthetic-data"] if data.synthetic else []),
-        "datasets": [data.name],
+        # Hub dataset ids only (free text is not a valid `datasets:` entry).
+        **({"datasets": [data.hub_id]} if data.hub_id else {}),
         "model-index": [
             {
                 "name": f"geovit-{cfg.cnn}-{cfg.vit}",
@@ -113,6 +128,17 @@ def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Data
         ],
     }
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def limited_run_note(tcfg: Mapping[str, Any]) -> str:
+    """Say so when epochs saw only part of the data (Lightning's limit_*_batches)."""
+    out = []
+    for key, what in (("limit_train_batches", "training"), ("limit_val_batches", "validation")):
+        v = tcfg.get(key, 1.0)
+        if v != 1.0:
+            share = f"{v:.0%} of the" if isinstance(v, float) else f"only {v}"
+            out.append(f"each epoch used {share} {what} batches ({key} = {v})")
+    return ("**Limited run**: " + "; ".join(out) + ".\n") if out else ""
 
 
 def _stages(train: Mapping[str, Any]) -> str:
@@ -160,6 +186,8 @@ def model_card(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Dataset
             "precision",
             "hflip",
             "seed",
+            "limit_train_batches",
+            "limit_val_batches",
         )
         if k in tcfg
     ]
@@ -214,8 +242,24 @@ geovit; this card was generated from the checkpoint and its `metrics.json`.
 - {n_params:,} parameters; initialised from {pretrained}.
 - Softmax temperature: {ckpt.temperature:.4f} ({calibrated}).
 
+## How to use
+```bash
+pip install geovit
+geovit predict --checkpoint model.pt photo.jpg --top-k 5
+geovit map --checkpoint model.pt photo.jpg --out map.png
+```
+
+```python
+import geovit
+
+model = geovit.load("model.pt")
+guess = model.predict("photo.jpg", top_k=5)
+print(guess.tokens, guess.probs, guess.best_lat, guess.best_lon)
+```
+
 ## Training
 {_stages(train)}
+{limited_run_note(tcfg)}
 
 {_table(["hyper-parameter", "value"], hyper) if hyper else ""}
 
