@@ -14,6 +14,7 @@ from geovit.cli._common import (
     VAL_FRACTION,
     VAL_SPLIT,
     console,
+    err_console,
     friendly,
     load_split_manifest,
 )
@@ -92,6 +93,8 @@ def train(
         limit_train_batches=_batches(limit_train_batches),
         limit_val_batches=_batches(limit_val_batches),
     )
+    if (note := config.stage_warning()) is not None:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
     if resume is not None:
         model_cfg, cells = resume_model(resume)
         console.print(f"resuming {resume}: model and cells come from the checkpoint")
