@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -71,3 +72,32 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture()
+def ghostscript_standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A logging `gs` first on PATH (Pillow re-detects it): returns the log file it appends to.
+
+    An upload or dataset file in EPS format must never reach it.
+    """
+    from PIL import EpsImagePlugin
+
+    log = tmp_path / "gs_calls.log"
+    script = tmp_path / "bin" / "gs"
+    script.parent.mkdir()
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
+    return log
+
+
+def eps_bytes() -> bytes:
+    """A small valid EPS file (Pillow writes it without Ghostscript)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="EPS")
+    return buf.getvalue()

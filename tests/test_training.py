@@ -19,6 +19,7 @@ from geovit.cells import CellPartition
 from geovit.checkpoint import load_checkpoint
 from geovit.cli import app
 from geovit.data.manifest import load_manifest
+from geovit.errors import GeovitError
 from geovit.geo import haversine_km
 from geovit.model import model_config
 from geovit.training import (
@@ -299,6 +300,7 @@ def test_train_cli_on_tiny_world(tmp_path, tiny_world, tiny_cells):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "outside the kept cells" in result.output
+    assert "kept epoch" in result.output and "val/acc1 =" in result.output  # the default
     for name in ("best.ckpt", "last.ckpt", "model.pt", "logs/version_0/metrics.csv"):
         assert (out / name).is_file(), name
     assert list((out / "tb").rglob("events.out.tfevents.*"))
@@ -347,3 +349,38 @@ def test_stage_warning_names_the_stages_that_run():
     # The schedule itself agrees: stage(epoch) over the epochs gives the same spans.
     assert [short.stage(e) for e in range(2)] == [0, 0]
     assert {mid.stage(e) for e in range(10)} == {0, 1}
+
+
+@pytest.mark.parametrize("monitor", ["val/acc1", "val/median_km", "val/geoscore", "val/loss"])
+def test_kept_epoch_is_the_best_by_the_chosen_monitor(tmp_path, monitor):
+    _, result = toy_run(tmp_path, epochs=4, monitor=monitor, limit_val_batches=3)
+    logged = pd.read_csv(tmp_path / "logs" / "version_0" / "metrics.csv")
+    per_epoch = logged.dropna(subset=[monitor]).groupby("epoch")[monitor].last()
+    higher = monitor in ("val/acc1", "val/geoscore")
+    best = per_epoch.idxmax() if higher else per_epoch.idxmin()  # first of any ties, as Lightning
+    model = load_checkpoint(result.model_path)
+    want = {"epoch": int(best), "monitor": monitor, "mode": "max" if higher else "min"}
+    assert {k: model.train["kept"][k] for k in want} == want == {k: result.kept[k] for k in want}
+    assert model.train["kept"]["value"] == pytest.approx(per_epoch[best])
+    assert model.train["epoch"] == best and model.train["config"]["monitor"] == monitor
+
+
+def test_val_geoscore_is_the_mean_score_of_the_kept_model(tmp_path):
+    """val/geoscore recomputed from the kept weights: 5000 exp(-d / 1492.7) per val image."""
+    _, result = toy_run(tmp_path, epochs=2, n_val=12, batch_size=8, limit_val_batches=2)
+    model = load_checkpoint(result.model_path)
+    cells = toy_cells()
+    val = ToyImages(cells, 12, seed=2)
+    with torch.no_grad():
+        top = model.model(val.images).argmax(dim=1).numpy()
+    km = haversine_km(cells.centroid_lat[top], cells.centroid_lon[top], *val.coords.T)
+    assert model.train["val"]["val/geoscore"] == pytest.approx(
+        np.mean(5000 * np.exp(-km / 1492.7)), rel=1e-5
+    )
+
+
+def test_unknown_monitor_names_the_valid_ones():
+    with pytest.raises(GeovitError, match="val/acc1, val/median_km"):
+        TrainConfig(monitor="val/acc")
+    result = CliRunner().invoke(app, ["train", "--data", "x", "--out", "y", "--monitor", "acc"])
+    assert result.exit_code == 2 and "val/geoscore" in result.output

@@ -20,9 +20,11 @@ import yaml
 
 from geovit.cells import CellPartition
 from geovit.checkpoint import LoadedCheckpoint
+from geovit.data.manifest import detect_format
 from geovit.data.synth import SYNTHETIC_NOTICE, world_info
 from geovit.errors import GeovitError
 from geovit.fileio import write_text
+from geovit.hub import OSV5M_REPO
 from geovit.metrics import DISTANCE_CONVENTION
 
 
@@ -34,6 +36,7 @@ class DatasetInfo:
     source: str
     synthetic: bool
     generator: Mapping[str, Any] | None = None  # the synthetic world's settings (world.json)
+<<<<<<< HEAD
     hub_id: str | None = None  # the Hugging Face Hub dataset id, where the data is a known one
 
 
@@ -43,6 +46,18 @@ OSV5M_HUB_ID = "osv5m/osv5m"
 
 def _hub_id(path: Path) -> str | None:
     return OSV5M_HUB_ID if any((path / "images" / "train").glob("*.zip")) else None
+=======
+    hub_id: str | None = None  # the Hugging Face dataset id, where the data has one
+
+
+def dataset_hub_id(path: str | os.PathLike) -> str | None:
+    """The Hub dataset a folder comes from: OSV-5M and its OSV-Mini-129k sample are osv5m/osv5m."""
+    try:
+        fmt = detect_format(Path(path))
+    except GeovitError:
+        return None
+    return OSV5M_REPO if fmt in ("osv5m", "osv-mini") else None
+>>>>>>> main
 
 
 def describe_dataset(path: str | os.PathLike, name: str) -> DatasetInfo:
@@ -58,7 +73,11 @@ def describe_dataset(path: str | os.PathLike, name: str) -> DatasetInfo:
         source=str(path),
         synthetic=synthetic,
         generator=generator,
+<<<<<<< HEAD
         hub_id=None if synthetic else _hub_id(Path(path)),
+=======
+        hub_id=None if synthetic else dataset_hub_id(path),
+>>>>>>> main
     )
 
 
@@ -102,8 +121,12 @@ def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Data
         "pipeline_tag": "image-classification",
         "tags": ["geolocation", "s2-cells", "vision-transformer", "timm", "geovit"]
         + (["synthetic-data"] if data.synthetic else []),
+<<<<<<< HEAD
         # Hub dataset ids only (free text is not a valid `datasets:` entry).
         **({"datasets": [data.hub_id]} if data.hub_id else {}),
+=======
+        "datasets": [data.hub_id or data.name],
+>>>>>>> main
         "model-index": [
             {
                 "name": f"geovit-{cfg.cnn}-{cfg.vit}",
@@ -115,7 +138,7 @@ def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Data
                         },
                         "dataset": {
                             "name": data.name,
-                            "type": data.name,
+                            "type": data.hub_id or data.name,
                             "split": metrics.get("split", "test"),
                         },
                         "metrics": [
@@ -166,8 +189,30 @@ def _stages(train: Mapping[str, Any]) -> str:
     return _table(["stage", "epochs", "what learns"], rows)
 
 
-def model_card(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: DatasetInfo) -> str:
-    """The MODEL_CARD.md text for a checkpoint and its evaluation."""
+def _usage(hub_repo: str | None) -> str:
+    if hub_repo is None:
+        return ""
+    return f"""
+## Use
+```python
+import geovit  # pip install geovit
+
+model = geovit.load("hf-hub:{hub_repo}")
+guess = model.predict("photo.jpg", top_k=5)
+```
+or `geovit predict --checkpoint hf-hub:{hub_repo} photo.jpg`. The weights are
+`model.safetensors` (no pickle); `config.json` and `cells.parquet` hold the rest.
+"""
+
+
+def model_card(
+    ckpt: LoadedCheckpoint,
+    metrics: Mapping[str, Any],
+    data: DatasetInfo,
+    hub_repo: str | None = None,
+) -> str:
+    """The MODEL_CARD.md text for a checkpoint and its evaluation; with ``hub_repo`` (the Hub
+    README of `geovit push`) it says how to load the model from there."""
     cfg, train = ckpt.config, ckpt.train
     tcfg = train.get("config", {})
     n_params = sum(p.numel() for p in ckpt.model.parameters())
@@ -231,7 +276,7 @@ def model_card(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Dataset
 GeoViT predicts where a street-level photo was taken, as a probability distribution over
 {len(cells):,} adaptive S2 cells (PlaNet-style classes). It was trained and evaluated with
 geovit; this card was generated from the checkpoint and its `metrics.json`.
-
+{_usage(hub_repo)}
 ## Architecture
 - Input: RGB image resized to {cfg.image_size}x{cfg.image_size}, normalised with mean
   {tuple(round(m, 3) for m in ckpt.mean)} and std {tuple(round(s, 3) for s in ckpt.std)}.

@@ -21,7 +21,9 @@ from geovit import __version__
 from geovit.cells import CellPartition
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write
+from geovit.hub import resolve_model
 from geovit.model import GeoViT, ModelConfig
+from geovit.modelfolder import is_model_folder, read_folder
 
 CONTRACT_KEYS = (
     "state_dict",
@@ -119,6 +121,10 @@ def _read(path: str | os.PathLike) -> dict:
             f"checkpoint {path} is not a loadable geovit checkpoint ({type(exc).__name__}); "
             "pass model.pt, best.ckpt or last.ckpt from a `geovit train` run"
         ) from exc
+    return _require_contract(raw, path)
+
+
+def _require_contract(raw: dict, path: str | os.PathLike) -> dict:
     missing = [k for k in CONTRACT_KEYS if not isinstance(raw, dict) or k not in raw]
     if missing:
         raise GeovitError(
@@ -129,8 +135,10 @@ def _read(path: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
-    """Open a geovit checkpoint (plain or Lightning .ckpt) on the CPU, model in eval mode."""
-    raw = _read(path)
+    """Open a geovit checkpoint (plain or Lightning .ckpt, a model folder, or a Hub model
+    ``hf-hub:USER/NAME``) on the CPU, model in eval mode."""
+    path = resolve_model(path)
+    raw = _require_contract(read_folder(path), path) if is_model_folder(path) else _read(path)
     # the weights come from the file: never download or read the original backbone weights
     config = dataclasses.replace(
         ModelConfig.from_dict(raw["model_config"]),

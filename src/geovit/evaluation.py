@@ -22,6 +22,7 @@ import torch
 
 from geovit.calibration import TemperatureFit, fit_temperature
 from geovit.data.images import ImageDataset, collate_skip_bad
+from geovit.data.shards import shard_split
 from geovit.errors import GeovitError
 from geovit.fileio import write_bytes, write_text
 from geovit.geo import haversine_km
@@ -57,13 +58,15 @@ def stream_logits(
     progress: Progress | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Yield (row indices, logits (B,K) float32, unreadable images in the batch) per batch."""
-    dataset = ImageDataset(rows["image"].tolist(), None, predictor.transform)
+    dataset, collate = shard_split(rows, predictor.transform) or (
+        ImageDataset(rows["image"].tolist(), None, predictor.transform),
+        collate_skip_bad,
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=False,
         num_workers=workers,
-        collate_fn=collate_skip_bad,
+        collate_fn=collate,
         pin_memory=predictor.device.type == "cuda",
     )
     for batch in loader:

@@ -20,9 +20,10 @@ import torch
 
 from geovit import __version__
 from geovit.cells import CellPartition
-from geovit.checkpoint import LoadedCheckpoint, cells_to_dict, load_checkpoint
+from geovit.checkpoint import LoadedCheckpoint, cells_to_dict, contract_fields, load_checkpoint
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write, write_text
+from geovit.modelfolder import write_folder
 from geovit.predictor import Predictor
 
 SIDECAR_FORMAT = "geovit-onnx/1"
@@ -87,6 +88,22 @@ def export_onnx(
     }
     write_text(sidecar_path(out), json.dumps(sidecar))
     return out
+
+
+def export_folder(
+    checkpoint: str | os.PathLike | LoadedCheckpoint,
+    out: str | os.PathLike,
+    *,
+    card: str | None = None,
+) -> Path:
+    """A checkpoint as a model folder (geovit.modelfolder): safetensors weights, config.json,
+    cells.parquet and, given ``card``, README.md. Loadable by every command, no pickle."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GeovitError(f"--out {out} is a file: the safetensors export writes a folder")
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    fields = contract_fields(ckpt.model, ckpt.cells, train=ckpt.train, temperature=ckpt.temperature)
+    return write_folder(out, ckpt.model.state_dict(), fields, card=card)
 
 
 def read_sidecar(onnx_path: str | os.PathLike) -> dict[str, Any]:

@@ -13,8 +13,6 @@ dropped for the same reason (the design mean-pools the patch tokens; there is no
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from geovit.errors import GeovitError
+from geovit.net import hub_offline, require_host
 
 PRESETS: dict[str, dict] = {
     # The design: ResNet50 + ViT-S/16 at 224 px (7x7 CNN map pooled to the 14x14 patch grid).
@@ -66,15 +65,13 @@ def model_config(preset: str, num_classes: int, **overrides) -> ModelConfig:
 
 
 def _require_download_host(name: str) -> None:
-    """Fail in seconds, not after minutes of hub retries, when timm's weight host is unreachable.
+    """Fail in seconds when timm's weight host is unreachable (geovit.net.require_host).
 
-    Skipped when the user runs the hub offline (HF_HUB_OFFLINE: timm then uses the local cache)
-    or goes through a proxy (a direct probe would say nothing about it).
+    Skipped when the user runs the hub offline (HF_HUB_OFFLINE: timm then uses the local cache).
     """
     import huggingface_hub
 
-    proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"))
-    if os.environ.get("HF_HUB_OFFLINE") or proxied:
+    if hub_offline():
         return
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
@@ -83,14 +80,12 @@ def _require_download_host(name: str) -> None:
     host = urlparse(url or "").hostname
     if host is None:
         return
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as exc:
-        raise GeovitError(
-            f"cannot reach {host} to download pretrained weights for {name} ({exc}): pass local "
-            "files with --cnn-weights/--vit-weights, set HF_HUB_OFFLINE=1 to use weights already "
-            "in the Hugging Face cache, or train from scratch with --no-pretrained"
-        ) from exc
+    require_host(
+        host,
+        f"download pretrained weights for {name}",
+        "pass local files with --cnn-weights/--vit-weights, set HF_HUB_OFFLINE=1 to use weights "
+        "already in the Hugging Face cache, or train from scratch with --no-pretrained",
+    )
 
 
 def _create(name: str, weights: str | None, pretrained: bool, **kwargs) -> nn.Module:

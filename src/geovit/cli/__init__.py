@@ -4,9 +4,12 @@ from geovit.cli import (  # noqa: F401  (importing registers the commands)
     cells,
     data,
     demo,
+    download,
     evaluate,
     explain,
+    push,
     serve,
+    shards,
     train,
 )
 from geovit.cli._app import app

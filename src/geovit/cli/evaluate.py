@@ -16,14 +16,21 @@ from geovit.cli._common import (
     CHECKPOINT,
     DATA,
     DATA_FORMAT,
+    IMAGE_COL,
+    IMAGE_TEMPLATE,
+    LAT_COL,
+    LON_COL,
     SPLIT_SEED,
+    THREADS,
     VAL_FRACTION,
     VAL_SPLIT,
     WORKERS,
+    TableColumns,
     console,
     err_console,
     friendly,
     load_split_manifest,
+    set_threads,
     track,
 )
 from geovit.errors import GeovitError
@@ -61,7 +68,12 @@ def evaluate(
     ),
     batch_size: int = BATCH_SIZE,
     workers: int = WORKERS,
+    threads: int = THREADS,
     fmt: str = DATA_FORMAT,
+    image_col: str = IMAGE_COL,
+    lat_col: str = LAT_COL,
+    lon_col: str = LON_COL,
+    image_template: str = IMAGE_TEMPLATE,
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
@@ -72,8 +84,10 @@ def evaluate(
     from geovit.predictor import Predictor
 
     ks = _parse_ks(top_k)
+    set_threads(threads, workers)
     predictor = Predictor.from_checkpoint(checkpoint)
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     with track(f"evaluating {split}", len(split_rows(manifest, split))) as advance:
         metrics = run_evaluation(
             predictor,
@@ -116,7 +130,12 @@ def calibrate(
     ),
     batch_size: int = BATCH_SIZE,
     workers: int = WORKERS,
+    threads: int = THREADS,
     fmt: str = DATA_FORMAT,
+    image_col: str = IMAGE_COL,
+    lat_col: str = LAT_COL,
+    lon_col: str = LON_COL,
+    image_template: str = IMAGE_TEMPLATE,
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
@@ -128,6 +147,7 @@ def calibrate(
     from geovit.evaluation import split_logits, split_rows
     from geovit.predictor import Predictor
 
+<<<<<<< HEAD
     if out is not None and in_place:
         raise GeovitError("give --out or --in-place, not both")
     predictor = Predictor.from_checkpoint(checkpoint)
@@ -140,6 +160,23 @@ def calibrate(
             return split_logits(predictor, manifest, name, progress=advance, **kw)
 
     fit = fit_temperature(*logits_of(split))
+=======
+    set_threads(threads, workers)
+    predictor = Predictor.from_checkpoint(checkpoint)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
+    n = min(len(split_rows(manifest, split)), max_images)
+    with track(f"logits of {split}", n) as advance:
+        fit = fit_on_split(
+            predictor,
+            manifest,
+            split,
+            batch_size=batch_size,
+            workers=workers,
+            max_images=max_images,
+            progress=advance,
+        )
+>>>>>>> main
     if fit.at_bound:
         err_console.print(
             f"[yellow]warning:[/] the best temperature lies at the search bound "
@@ -240,6 +277,7 @@ def predict(
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Cells to list per image."),
     output: str = typer.Option("table", "--format", "-f", help="table, json or geojson."),
+    threads: int = THREADS,
 ) -> None:
     """Where was each photo taken? Top-k cells with probabilities and a best-guess point."""
     from geovit.export import load_predictor
@@ -252,6 +290,8 @@ def predict(
     paths, problems = expand_images(images)
     if not paths and problems:
         raise GeovitError(f"no images to predict: {problems[0][0]}: {problems[0][1]}")
+    if checkpoint is not None:
+        set_threads(threads)
     predictor = load_predictor(checkpoint or onnx)
     results = predict_files(predictor, paths, top_k=top_k)
     failed = problems + [(p, r) for p, r in results if isinstance(r, str)]

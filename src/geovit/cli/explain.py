@@ -12,13 +12,20 @@ from geovit.cli._common import (
     CHECKPOINT,
     DATA,
     DATA_FORMAT,
+    IMAGE_COL,
+    IMAGE_TEMPLATE,
+    LAT_COL,
+    LON_COL,
     SPLIT_SEED,
+    THREADS,
     VAL_FRACTION,
     VAL_SPLIT,
+    TableColumns,
     console,
     friendly,
     load_split_manifest,
     read_metrics,
+    set_threads,
     track,
 )
 from geovit.errors import GeovitError
@@ -81,6 +88,7 @@ def explain(
     fill: str = FILL,
     fast: bool = FAST,
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Occluded copies per forward."),
+    threads: int = THREADS,
 ) -> None:
     """Occlusion heatmap: which parts of the photo the target cell's probability depends on."""
     from geovit.explain import explain_image, render_explanation
@@ -89,6 +97,7 @@ def explain(
     lat, lon = _location(lat, lon, image, data)
     if target not in (None, "true", "top"):
         raise GeovitError(f"--target {target!r} must be 'true' or 'top'")
+    set_threads(threads)
     predictor = Predictor.from_checkpoint(checkpoint)
     expl = explain_image(
         predictor,
@@ -176,6 +185,11 @@ def report(
     fill: str = FILL,
     fast: bool = FAST,
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
+    threads: int = THREADS,
+    image_col: str = IMAGE_COL,
+    lat_col: str = LAT_COL,
+    lon_col: str = LON_COL,
+    image_template: str = IMAGE_TEMPLATE,
 ) -> None:
     """One self-contained HTML page: metrics, reliability, accuracy map and an example gallery."""
     from geovit.data.synth import is_synthetic_world
@@ -186,9 +200,11 @@ def report(
     if examples < 0:
         raise GeovitError(f"--examples {examples} must be >= 0")
     given = read_metrics(metrics) if metrics is not None else None
+    set_threads(threads)
     predictor = Predictor.from_checkpoint(checkpoint)
     parse_fill(fill, predictor.mean, predictor.std)  # fail before the long passes
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     with track(f"scoring {split}", int((manifest["split"] == split).sum())) as advance:
         page = build_report(
             predictor,

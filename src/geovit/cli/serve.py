@@ -14,6 +14,7 @@ from geovit.cli._common import console, err_console, friendly
 
 class ExportFormat(StrEnum):
     onnx = "onnx"
+    safetensors = "safetensors"
 
 
 def _is_loopback(host: str) -> bool:
@@ -64,14 +65,23 @@ def serve(
 @friendly
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="checkpoint (.pt / .ckpt)"),
-    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="export format (onnx)"),
-    out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="file to write"),
+    format: ExportFormat = typer.Option(
+        ExportFormat.onnx, "--format", help="onnx, or safetensors (a folder: no pickle)"
+    ),
+    out: Path = typer.Option(
+        Path("model.onnx"), "--out", "-o", help="file to write (a folder for safetensors)"
+    ),
     opset: int | None = typer.Option(None, help="ONNX opset (default: the exporter's)"),
 ) -> None:
     """Export the classifier to ONNX (dynamic batch) plus a JSON sidecar with cells and
-    preprocessing; `geovit predict --onnx` and `geovit serve` run it with onnxruntime."""
-    from geovit.export import export_onnx, sidecar_path
+    preprocessing (`geovit predict --onnx` and `geovit serve` run it with onnxruntime), or to a
+    safetensors folder (model.safetensors, config.json, cells.parquet) any command loads."""
+    from geovit.export import export_folder, export_onnx, sidecar_path
 
+    if format == ExportFormat.safetensors:
+        folder = export_folder(checkpoint, out.with_suffix("") if out.suffix == ".onnx" else out)
+        console.print(f"wrote {folder}/: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+        return
     path = export_onnx(checkpoint, out, opset=opset)
     size_mb = path.stat().st_size / 1e6
     console.print(f"wrote {path} ({size_mb:.1f} MB) and {sidecar_path(path)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -10,15 +11,23 @@ from geovit.cli._app import app
 from geovit.cli._common import (
     DATA,
     DATA_FORMAT,
+    IMAGE_COL,
+    IMAGE_TEMPLATE,
+    LAT_COL,
+    LON_COL,
     SPLIT_SEED,
+    THREADS,
     VAL_FRACTION,
     VAL_SPLIT,
+    TableColumns,
     console,
     err_console,
     friendly,
     load_split_manifest,
+    set_threads,
 )
 from geovit.errors import GeovitError
+from geovit.monitor import Monitor
 
 
 @app.command("train")
@@ -50,6 +59,12 @@ def train(
     channels_last: bool = typer.Option(False, help="channels_last memory format for the CNN."),
     hflip: bool = typer.Option(False, help="Random horizontal flips (swap driving sides!)."),
     workers: int = typer.Option(4, help="DataLoader worker processes per device."),
+    threads: int = THREADS,
+    monitor: Monitor = typer.Option(
+        None,
+        help="Validation metric whose best epoch is kept as model.pt "
+        "(default: TrainConfig.monitor, measured best on real photos).",
+    ),
     accelerator: str = typer.Option("auto", help="auto, cpu, gpu, ..."),
     devices: str = typer.Option("1", help="Devices per node (e.g. 4, or auto)."),
     num_nodes: int = typer.Option(1, help="Nodes (DDP; launch with torchrun or srun)."),
@@ -58,6 +73,10 @@ def train(
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
     fmt: str = DATA_FORMAT,
+    image_col: str = IMAGE_COL,
+    lat_col: str = LAT_COL,
+    lon_col: str = LON_COL,
+    image_template: str = IMAGE_TEMPLATE,
     limit_train_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     limit_val_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
@@ -68,7 +87,7 @@ def train(
 
     from geovit.cells import CellPartition
     from geovit.model import model_config
-    from geovit.training import TrainConfig, resume_model
+    from geovit.training import TrainConfig, build_datamodule, resume_model
     from geovit.training import train as run_training
 
     config = TrainConfig(
@@ -92,9 +111,15 @@ def train(
         seed=seed,
         limit_train_batches=_batches(limit_train_batches),
         limit_val_batches=_batches(limit_val_batches),
+        **({"monitor": monitor.value} if monitor else {}),
     )
+<<<<<<< HEAD
     if (note := config.stage_warning()) is not None:
         err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
+=======
+    processes = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
+    set_threads(threads, workers, processes)
+>>>>>>> main
     if resume is not None:
         model_cfg, cells = resume_model(resume)
         console.print(f"resuming {resume}: model and cells come from the checkpoint")
@@ -111,16 +136,30 @@ def train(
             vit_weights=str(vit_weights) if vit_weights else None,
             **overrides,
         )
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    from geovit.data.shards import is_shards
+
+    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
+    build = build_datamodule
+    if is_shards(data):  # streamed from the shards
+        from geovit.streaming import build_shard_datamodule
+
+        build = functools.partial(build_shard_datamodule, root=data)
     result, data_report = run_training(
-        manifest, cells, out, model_cfg, config, resume=resume, progress=progress
+        manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build
     )
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
     for line in data_report.lines():
         console.print(line, highlight=False)
     best = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best.items()))
-    console.print(f"best epoch: {best}", highlight=False)
+    kept = result.kept
+    console.print(
+        f"kept epoch {kept['epoch']} as model.pt: its {kept['monitor']} = {kept['value']:.4g} "
+        f"was the {'highest' if kept['mode'] == 'max' else 'lowest'} (--monitor)",
+        highlight=False,
+    )
+    console.print(f"metrics of that epoch: {best}", highlight=False)
     console.print(
         f"checkpoints: {result.best_ckpt}, {result.last_ckpt}; model: {result.model_path}"
     )

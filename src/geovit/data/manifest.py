@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+import string
 import zipfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,10 @@ FORMATS = ("auto", "osv5m", "osv-mini", "table", "exif")
 VAL_SPLITS = ("random", "sequence", "spatial")
 ZIP_SEP = "::"
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+# The image formats geovit decodes, checked from the header before any decoder runs: nothing
+# else reaches Pillow's other plugins (EPS would run Ghostscript). Pillow's JPEG plugin also
+# opens the multi-picture JPEGs many phones write (their format reads "MPO").
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 KM_PER_DEGREE = 6371.0 * np.pi / 180.0
 
@@ -62,6 +68,7 @@ REASONS = {
     "duplicate_id": "id seen before (first kept)",
     "unknown_split": "split value not train/val/test",
     "no_gps": "JPEG without EXIF GPS position",
+    "bad_gps_ref": "EXIF GPS hemisphere (N/S or E/W) missing or invalid",
     "missing_image": "image file or archive member not found",
     "unreadable_image": "image cannot be decoded",
 }
@@ -161,7 +168,10 @@ def read_image_bytes(ref: str) -> bytes:
     path, member = split_ref(ref)
     try:
         return open_zip(path).read(member) if member is not None else Path(path).read_bytes()
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+            NotImplementedError) as exc:  # fmt: skip
+        # zlib.error/EOFError: damaged member; RuntimeError: encrypted; NotImplementedError:
+        # a compression method zipfile lacks
         raise GeovitError(f"cannot read image {ref}: {exc}") from exc
 
 
@@ -180,10 +190,10 @@ def _image_exists(ref: str, members: dict[str, set[str]]) -> bool:
 def _image_readable(ref: str) -> bool:
     """Decode at reduced JPEG scale (draft mode): catches truncated files at ~1/10 the cost."""
     try:
-        with Image.open(io.BytesIO(read_image_bytes(ref))) as im:
+        with Image.open(io.BytesIO(read_image_bytes(ref)), formats=IMAGE_FORMATS) as im:
             im.draft("RGB", (64, 64))
             im.load()
-    except (GeovitError, OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except Exception:  # any decoder failure makes the record unreadable, never a crash
         return False
     return True
 
@@ -191,11 +201,30 @@ def _image_readable(ref: str) -> bool:
 # --------------------------------------------------------------------------------- readers
 
 
-def _walk_sorted(folder: Path) -> Iterable[tuple[str, list[str]]]:
-    """(dirpath, sorted file names) depth-first in sorted order, so indexes are reproducible."""
+def _walk_sorted(
+    folder: Path, report: ManifestReport | None = None
+) -> Iterable[tuple[str, list[str]]]:
+    """(dirpath, sorted file names) depth-first in sorted order, so indexes are reproducible.
+
+    Linked folders are followed, but each real directory is visited once: a link back to a
+    parent (a loop) or a second link to one folder is skipped and noted in `report`.
+    """
+    seen: set[tuple[int, int]] = set()
+    skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.append(dirpath)
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames.sort()
         yield dirpath, sorted(filenames)
+    if skipped and report is not None:
+        report.notes.append(
+            f"skipped {len(skipped)} linked folder(s) already visited (symlink loop or duplicate "
+            f"link), e.g. {', '.join(skipped[:N_EXAMPLES])}"
+        )
 
 
 def index_images(folder: Path, report: ManifestReport) -> dict[str, str]:
@@ -206,7 +235,7 @@ def index_images(folder: Path, report: ManifestReport) -> dict[str, str]:
     """
     index: dict[str, str] = {}
     archives: list[str] = []
-    for dirpath, names in _walk_sorted(folder):
+    for dirpath, names in _walk_sorted(folder, report):
         for name in names:
             lower = name.lower()
             if lower.endswith(JPEG_SUFFIXES):
@@ -228,20 +257,35 @@ def index_images(folder: Path, report: ManifestReport) -> dict[str, str]:
     return index
 
 
-def _read_csv_columns(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    """Required + known metadata columns, all as strings (OSV ids overflow float64)."""
+def _require_extra(path: Path, header: pd.Index, extra: tuple[str, ...]) -> None:
+    missing = [c for c in extra if c not in header]
+    if missing:
+        raise GeovitError(
+            f"{path}: no column(s) {', '.join(missing)} to keep; columns: {list(header)}"
+        )
+
+
+def _read_csv_columns(
+    path: Path, required: tuple[str, ...], extra: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Required + known metadata + `extra` columns, all as strings (OSV ids overflow float64)."""
     header = pd.read_csv(path, nrows=0).columns
     missing = [c for c in required if c not in header]
     if missing:
         raise GeovitError(
             f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(required)}"
         )
-    usecols = list(required) + [c for c in METADATA_COLUMNS if c in header]
+    _require_extra(path, header, extra)
+    meta = [c for c in METADATA_COLUMNS if c in header]
+    usecols = list(dict.fromkeys([*required, *meta, *extra]))
     return pd.read_csv(path, usecols=usecols, dtype=str, engine="pyarrow")
 
 
 def _read_split_tables(
-    root: Path, parts: tuple[tuple[str, str, str], ...], report: ManifestReport
+    root: Path,
+    parts: tuple[tuple[str, str, str], ...],
+    report: ManifestReport,
+    extra: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """Shared reader for OSV-5M and OSV-Mini: one CSV and one image folder per split."""
     frames = []
@@ -249,7 +293,7 @@ def _read_split_tables(
         csv = root / csv_name
         if not csv.is_file():
             continue
-        df = _read_csv_columns(csv, ("id", "latitude", "longitude"))
+        df = _read_csv_columns(csv, ("id", "latitude", "longitude"), extra)
         index = index_images(root / image_dir, report)
         if not index:
             report.notes.append(f"no images found under {root / image_dir}")
@@ -262,10 +306,10 @@ def _read_split_tables(
     return pd.concat(frames, ignore_index=True)
 
 
-def read_osv5m(root: Path, report: ManifestReport) -> pd.DataFrame:
+def read_osv5m(root: Path, report: ManifestReport, extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """OpenStreetView-5M: train.csv/test.csv + images/{train,test}/ (files or zip archives)."""
     parts = (("train", "train.csv", "images/train"), ("test", "test.csv", "images/test"))
-    return _read_split_tables(root, parts, report)
+    return _read_split_tables(root, parts, report, extra)
 
 
 def _mini_root(folder: Path) -> Path | None:
@@ -275,28 +319,48 @@ def _mini_root(folder: Path) -> Path | None:
     return None
 
 
-def read_osv_mini(folder: Path, report: ManifestReport) -> pd.DataFrame:
+def read_osv_mini(
+    folder: Path, report: ManifestReport, extra: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """OSV-Mini-129k: osv5m/{train,test}_mini.csv + {train,test}_images/<state>/<id>.jpg."""
     root = _mini_root(folder)
     if root is None:
         raise GeovitError(f"{folder}: no osv5m/train_mini.csv or test_mini.csv found")
     parts = (("train", "train_mini.csv", "train_images"), ("test", "test_mini.csv", "test_images"))
-    return _read_split_tables(root, parts, report)
+    return _read_split_tables(root, parts, report, extra)
 
 
-def _pick_column(columns: pd.Index, given: str | None, aliases: tuple[str, ...], what: str) -> str:
+def _pick_column(
+    columns: pd.Index, given: str | None, aliases: tuple[str, ...], option: str
+) -> str | None:
+    """The column named by `option` (`given`), else the first alias present, else None."""
     if given is not None:
         if given not in columns:
-            raise GeovitError(f"column {given!r} ({what}) not in table; columns: {list(columns)}")
+            raise GeovitError(f"column {given!r} ({option}) not in table; columns: {list(columns)}")
         return given
     lower = {str(c).lower(): c for c in columns}
-    for alias in aliases:
-        if alias in lower:
-            return lower[alias]
-    raise GeovitError(
-        f"no {what} column in table (looked for {', '.join(aliases)}); "
-        f"name it with the matching option. Columns: {list(columns)}"
+    return next((lower[a] for a in aliases if a in lower), None)
+
+
+def _no_column(columns: pd.Index, aliases: tuple[str, ...], what: str, option: str) -> GeovitError:
+    return GeovitError(
+        f"no {what} column in table (looked for {', '.join(aliases)}); name it with {option}. "
+        f"Columns: {list(columns)}"
     )
+
+
+def _template_paths(raw: pd.DataFrame, template: str) -> list[str]:
+    """`--image-template` filled in per row from the table's columns, e.g. "images/{id}.jpg"."""
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    missing = [f for f in fields if f not in raw.columns]
+    if not fields or missing:
+        raise GeovitError(
+            f"--image-template {template!r} must name table columns in braces"
+            + (f"; not in table: {', '.join(missing)}" if missing else "")
+            + f". Columns: {list(raw.columns)}"
+        )
+    text = pd.DataFrame({f: _as_str(raw[f]) for f in dict.fromkeys(fields)})
+    return [template.format_map(row) for row in text.to_dict("records")]
 
 
 def _resolve_ref(ref: str, base: Path) -> str:
@@ -311,8 +375,15 @@ def read_table(
     image_col: str | None = None,
     lat_col: str | None = None,
     lon_col: str | None = None,
+    extra: tuple[str, ...] = (),
+    image_template: str | None = None,
+    need_images: bool = True,
 ) -> pd.DataFrame:
-    """A CSV/Parquet with image path and lat/lon columns; relative paths are table-relative."""
+    """A CSV/Parquet with image path and lat/lon columns; relative paths are table-relative.
+
+    The image path comes from `image_col`, or is built from other columns by `image_template`;
+    without `need_images` a coordinates-only table is fine (its rows have no image).
+    """
     if path.suffix.lower() == ".csv":
         raw = pd.read_csv(path, dtype=str, engine="pyarrow")
     else:
@@ -320,22 +391,46 @@ def read_table(
             raw = pd.read_parquet(path)
         except (OSError, ValueError) as exc:
             raise GeovitError(f"cannot read {path} as Parquet: {exc}") from exc
-    image = _pick_column(raw.columns, image_col, IMAGE_ALIASES, "image path")
-    lat = _pick_column(raw.columns, lat_col, LAT_ALIASES, "latitude")
-    lon = _pick_column(raw.columns, lon_col, LON_ALIASES, "longitude")
-    refs = [None if pd.isna(r) else _resolve_ref(str(r), path.parent) for r in raw[image]]
+    cols = raw.columns
+    lat = _pick_column(cols, lat_col, LAT_ALIASES, "--lat-col")
+    lon = _pick_column(cols, lon_col, LON_ALIASES, "--lon-col")
+    if lat is None:
+        raise _no_column(cols, LAT_ALIASES, "latitude", "--lat-col")
+    if lon is None:
+        raise _no_column(cols, LON_ALIASES, "longitude", "--lon-col")
+    image = _pick_column(cols, image_col, IMAGE_ALIASES, "--image-col")
+    if image_template is not None:
+        paths: list | pd.Series = _template_paths(raw, image_template)
+    elif image is not None:
+        paths = raw[image]
+    elif need_images:
+        raise GeovitError(
+            f"no image path column in table (looked for {', '.join(IMAGE_ALIASES)}); name it "
+            '--image-col, or build paths from ids with --image-template "images/{id}.jpg". '
+            f"Columns: {list(cols)}"
+        )
+    else:
+        paths = [None] * len(raw)
+    refs = [None if pd.isna(r) else _resolve_ref(str(r), path.parent) for r in paths]
+    if "id" in cols:
+        ids = _as_str(raw["id"])
+    elif image is not None:
+        ids = raw[image].astype("str")
+    else:
+        ids = pd.Series(np.arange(len(raw)), index=raw.index).astype("str")  # the row number
     df = pd.DataFrame(
         {
-            "id": _as_str(raw["id"]) if "id" in raw.columns else raw[image].astype("str"),
-            "image": pd.Series(refs, dtype="str"),
+            "id": ids,
+            "image": pd.Series(refs, index=raw.index, dtype="str"),
             "latitude": raw[lat],
             "longitude": raw[lon],
         }
     )
-    for col in METADATA_COLUMNS:
-        if col in raw.columns:
+    _require_extra(path, raw.columns, extra)
+    for col in dict.fromkeys([*METADATA_COLUMNS, *extra]):
+        if col in cols:
             df[col] = _as_str(raw[col])
-    split_col = next((c for c in raw.columns if str(c).lower() == "split"), None)
+    split_col = next((c for c in cols if str(c).lower() == "split"), None)
     if split_col is not None:
         df["split"] = raw[split_col].astype("str").str.strip().str.lower().map(SPLIT_ALIASES)
         unknown = df["split"].isna().to_numpy()
@@ -354,28 +449,39 @@ def _as_str(col: pd.Series) -> pd.Series:
     return col.astype("str")
 
 
-def _dms_to_degrees(value: object, ref: object, negative: str) -> float:
-    """EXIF GPS (degrees, minutes, seconds) rationals + hemisphere ref -> signed degrees."""
+def _dms_to_degrees(value: object, ref: object, hemispheres: str) -> float | None:
+    """EXIF GPS (degrees, minutes, seconds) rationals + hemisphere ref -> signed degrees.
+
+    `hemispheres` is "NS" or "EW" (positive first); None when the ref is missing or neither:
+    guessing north/east would put a Colorado photo in China.
+    """
     parts = value if isinstance(value, tuple | list) else (value,)
     degrees = sum(float(p) / 60.0**i for i, p in enumerate(parts))
     if isinstance(ref, bytes):
         ref = ref.decode("ascii", "replace")
-    return -degrees if str(ref or "").strip().upper().startswith(negative) else degrees
+    ref = str(ref or "").strip("\x00 ").upper()
+    if len(ref) != 1 or ref not in hemispheres:
+        return None
+    return -degrees if ref == hemispheres[1] else degrees
 
 
-def exif_latlon(path: str) -> tuple[float, float] | None:
-    """(lat, lon) from a JPEG's EXIF GPS tags; None without them, OSError when unreadable."""
-    with Image.open(path) as im:
+def exif_latlon(path: str) -> tuple[float, float] | str:
+    """(lat, lon) from a JPEG's EXIF GPS tags, else the REASONS key why not ("no_gps",
+    "bad_gps_ref"); OSError when unreadable."""
+    with Image.open(path, formats=IMAGE_FORMATS) as im:
         gps = im.getexif().get_ifd(0x8825)
     if 2 not in gps or 4 not in gps:
-        return None
-    return _dms_to_degrees(gps[2], gps.get(1), "S"), _dms_to_degrees(gps[4], gps.get(3), "W")
+        return "no_gps"
+    lat = _dms_to_degrees(gps[2], gps.get(1), "NS")
+    lon = _dms_to_degrees(gps[4], gps.get(3), "EW")
+    return "bad_gps_ref" if lat is None or lon is None else (lat, lon)
 
 
 def read_exif_folder(folder: Path, report: ManifestReport) -> pd.DataFrame:
     """A folder (recursively) of JPEGs carrying GPS EXIF tags; id = path relative to the folder."""
-    rows, no_gps, unreadable = [], [], []
-    for dirpath, names in _walk_sorted(folder):
+    rows: list[tuple] = []
+    bad: dict[str, list[str]] = {"no_gps": [], "bad_gps_ref": [], "unreadable_image": []}
+    for dirpath, names in _walk_sorted(folder, report):
         for name in names:
             if not name.lower().endswith(JPEG_SUFFIXES):
                 continue
@@ -384,15 +490,15 @@ def read_exif_folder(folder: Path, report: ManifestReport) -> pd.DataFrame:
             try:
                 latlon = exif_latlon(path)
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-                unreadable.append(rel)
+                bad["unreadable_image"].append(rel)
                 continue
-            if latlon is None:
-                no_gps.append(rel)
+            if isinstance(latlon, str):
+                bad[latlon].append(rel)
             else:
                 rows.append((rel, path, *latlon))
-    report.n_read += len(no_gps) + len(unreadable)
-    report.add("no_gps", len(no_gps), no_gps)
-    report.add("unreadable_image", len(unreadable), unreadable)
+    for reason, rels in bad.items():
+        report.n_read += len(rels)
+        report.add(reason, len(rels), rels)
     return pd.DataFrame(rows, columns=["id", "image", "latitude", "longitude"]).astype(
         {"id": "str", "image": "str"}
     )
@@ -424,13 +530,31 @@ def detect_format(source: Path) -> str:
     )
 
 
+def _no_gps_hint(folder: Path) -> str:
+    """What to do when a folder's JPEGs carry no GPS: give the coordinates in a table."""
+    tables = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
+    found = f" ({', '.join(tables)} found there)" if tables else ""
+    return (
+        "; without EXIF GPS the coordinates must come from a .csv/.parquet table with image, "
+        f"latitude and longitude columns: pass the table as the dataset{found}"
+    )
+
+
 # ------------------------------------------------------------------------------ validation
 
 
 def validate(
-    df: pd.DataFrame, report: ManifestReport, *, check_paths: bool, check_images: bool
+    df: pd.DataFrame,
+    report: ManifestReport,
+    *,
+    check_paths: bool,
+    check_images: bool,
+    images: bool = True,
 ) -> pd.DataFrame:
-    """Drop bad rows, counting each under the first reason it fails (order of REASONS)."""
+    """Drop bad rows, counting each under the first reason it fails (order of REASONS).
+
+    With ``images=False`` (coordinates only) no row needs an image.
+    """
     df = report.drop(df, df["id"].isna() | (df["id"].str.len() == 0), "missing_id")
     lat = pd.to_numeric(df["latitude"], errors="coerce").to_numpy(np.float64)
     lon = pd.to_numeric(df["longitude"], errors="coerce").to_numpy(np.float64)
@@ -439,6 +563,8 @@ def validate(
     lat, lon = df["latitude"].to_numpy(), df["longitude"].to_numpy()
     df = report.drop(df, (np.abs(lat) > 90) | (np.abs(lon) > 180), "out_of_range")
     df = report.drop(df, df["id"].duplicated(keep="first"), "duplicate_id")
+    if not images:
+        return df
     missing = df["image"].isna().to_numpy().copy()
     if check_paths:
         members: dict[str, set[str]] = {}
@@ -516,8 +642,17 @@ def assign_splits(
     else:
         codes = _groups(df, val_split, block_km, report)
         split = np.full(len(df), "train", dtype=object)
-        split[pick_groups(codes, test_fraction, rng)] = "test"
-        report.notes.append(f"no split in the data: {test_fraction:.0%} held out as test")
+        test = pick_groups(codes, test_fraction, rng)
+        split[test] = "test"
+        n_test = int(test.sum())
+        report.notes.append(
+            f"no split in the data: {n_test} records ({n_test / len(df):.0%}) held out as test"
+            if n_test
+            else f"no split in the data and too few groups for a {test_fraction:.0%} test "
+            "split: test is empty"
+            if test_fraction > 0
+            else "no split in the data: no test split (test fraction 0)"
+        )
     train = split == "train"
     if "val" in split:
         report.notes.append("validation split taken from the data")
@@ -544,12 +679,15 @@ def load_manifest(
     image_col: str | None = None,
     lat_col: str | None = None,
     lon_col: str | None = None,
+    image_template: str | None = None,
+    need_images: bool = True,
     val_fraction: float = 0.1,
     val_split: str = "sequence",
     test_fraction: float = 0.1,
     seed: int = 0,
     block_km: float = 40.0,
     check_images: bool = False,
+    keep_columns: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, ManifestReport]:
     """Read any supported collection into the manifest table (columns: COLUMNS + metadata).
 
@@ -557,6 +695,11 @@ def load_manifest(
     `check_images` each is also decoded at reduced scale. `val_split` picks the grouping used
     to carve validation (and test, for data without a split): "sequence" keeps a drive's frames
     together, "spatial" keeps ~block_km blocks together, "random" is per image.
+    `keep_columns` names further table columns to carry through as text (e.g. an author or
+    scene column to group or filter by); a missing one is an error.
+    The column options apply to tables only. Without `need_images`, a collection with no image
+    at all (a coordinates-only table, CSVs without their images) is read as coordinates; any
+    image that is named is still checked, so the splits match those of training.
     """
     if fmt not in FORMATS:
         raise GeovitError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -569,20 +712,50 @@ def load_manifest(
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt != "table" and not path.is_dir():
         raise GeovitError(f"{path}: format {fmt} needs a dataset folder")
+    extra = tuple(c for c in keep_columns if c not in COLUMNS)
+    if extra and fmt == "exif":
+        raise GeovitError(f"{path}: a folder of JPEGs has no column {extra[0]!r}; pass a table")
+    table_options = {
+        "--image-col": image_col,
+        "--lat-col": lat_col,
+        "--lon-col": lon_col,
+        "--image-template": image_template,
+    }
+    given = [name for name, value in table_options.items() if value is not None]
+    if given and fmt != "table":
+        raise GeovitError(
+            f"{', '.join(given)} apply to .csv/.parquet tables, but {path} is read as {fmt}; "
+            "pass the table itself as the dataset"
+        )
     report = ManifestReport(source=str(path), fmt=fmt)
     if fmt == "osv5m":
-        df = read_osv5m(path, report)
+        df = read_osv5m(path, report, extra)
     elif fmt == "osv-mini":
-        df = read_osv_mini(path, report)
+        df = read_osv_mini(path, report, extra)
     elif fmt == "table":
-        df = read_table(path, report, image_col, lat_col, lon_col)
+        df = read_table(
+            path,
+            report,
+            image_col,
+            lat_col,
+            lon_col,
+            extra,
+            image_template,
+            need_images=need_images,
+        )
     else:
         df = read_exif_folder(path, report)
     report.n_read += len(df)
-    df = validate(df, report, check_paths=fmt == "table", check_images=check_images)
+    images = need_images or df["image"].notna().any()
+    if not images:
+        report.notes.append("no images: coordinates only (enough for cells, not for training)")
+    df = validate(df, report, check_paths=fmt == "table", check_images=check_images, images=images)
     if df.empty:
         reasons = ", ".join(f"{r} {n}" for r, n in report.dropped.items()) or "no records"
-        raise GeovitError(f"{path}: no usable records ({report.n_read} read; dropped: {reasons})")
+        hint = _no_gps_hint(path) if fmt == "exif" else ""
+        raise GeovitError(
+            f"{path}: no usable records ({report.n_read} read; dropped: {reasons}){hint}"
+        )
     df = assign_splits(
         df,
         report,
@@ -593,5 +766,5 @@ def load_manifest(
         block_km=block_km,
     )
     report.splits = {s: int((df["split"] == s).sum()) for s in SPLITS}
-    meta = [c for c in METADATA_COLUMNS if c in df.columns]
+    meta = [c for c in dict.fromkeys([*METADATA_COLUMNS, *extra]) if c in df.columns]
     return df[list(COLUMNS) + meta].reset_index(drop=True), report
