@@ -36,17 +36,6 @@ class DatasetInfo:
     source: str
     synthetic: bool
     generator: Mapping[str, Any] | None = None  # the synthetic world's settings (world.json)
-<<<<<<< HEAD
-    hub_id: str | None = None  # the Hugging Face Hub dataset id, where the data is a known one
-
-
-# OpenStreetView-5M as published on the Hub; its layout: train.csv + images/train/NN.zip.
-OSV5M_HUB_ID = "osv5m/osv5m"
-
-
-def _hub_id(path: Path) -> str | None:
-    return OSV5M_HUB_ID if any((path / "images" / "train").glob("*.zip")) else None
-=======
     hub_id: str | None = None  # the Hugging Face dataset id, where the data has one
 
 
@@ -57,7 +46,6 @@ def dataset_hub_id(path: str | os.PathLike) -> str | None:
     except GeovitError:
         return None
     return OSV5M_REPO if fmt in ("osv5m", "osv-mini") else None
->>>>>>> main
 
 
 def describe_dataset(path: str | os.PathLike, name: str) -> DatasetInfo:
@@ -73,11 +61,7 @@ def describe_dataset(path: str | os.PathLike, name: str) -> DatasetInfo:
         source=str(path),
         synthetic=synthetic,
         generator=generator,
-<<<<<<< HEAD
-        hub_id=None if synthetic else _hub_id(Path(path)),
-=======
         hub_id=None if synthetic else dataset_hub_id(path),
->>>>>>> main
     )
 
 
@@ -121,12 +105,7 @@ def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Data
         "pipeline_tag": "image-classification",
         "tags": ["geolocation", "s2-cells", "vision-transformer", "timm", "geovit"]
         + (["synthetic-data"] if data.synthetic else []),
-<<<<<<< HEAD
-        # Hub dataset ids only (free text is not a valid `datasets:` entry).
-        **({"datasets": [data.hub_id]} if data.hub_id else {}),
-=======
         "datasets": [data.hub_id or data.name],
->>>>>>> main
         "model-index": [
             {
                 "name": f"geovit-{cfg.cnn}-{cfg.vit}",

@@ -147,11 +147,12 @@ def calibrate(
     from geovit.evaluation import split_logits, split_rows
     from geovit.predictor import Predictor
 
-<<<<<<< HEAD
     if out is not None and in_place:
         raise GeovitError("give --out or --in-place, not both")
+    set_threads(threads, workers)
     predictor = Predictor.from_checkpoint(checkpoint)
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     kw = {"batch_size": batch_size, "workers": workers, "max_images": max_images}
 
     def logits_of(name: str):
@@ -160,23 +161,6 @@ def calibrate(
             return split_logits(predictor, manifest, name, progress=advance, **kw)
 
     fit = fit_temperature(*logits_of(split))
-=======
-    set_threads(threads, workers)
-    predictor = Predictor.from_checkpoint(checkpoint)
-    columns = TableColumns(image_col, lat_col, lon_col, image_template)
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
-    n = min(len(split_rows(manifest, split)), max_images)
-    with track(f"logits of {split}", n) as advance:
-        fit = fit_on_split(
-            predictor,
-            manifest,
-            split,
-            batch_size=batch_size,
-            workers=workers,
-            max_images=max_images,
-            progress=advance,
-        )
->>>>>>> main
     if fit.at_bound:
         err_console.print(
             f"[yellow]warning:[/] the best temperature lies at the search bound "
