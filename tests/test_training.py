@@ -369,6 +369,24 @@ def test_train_cli_archs_and_per_part_weight_sources(tmp_path, tiny_world, tiny_
     assert not (tmp_path / "w" / "last.ckpt").exists()
 
 
+def test_stage_warning_names_the_stages_that_run():
+    """--epochs 2 with the default --freeze-epochs 3 trains the heads only: say so."""
+    from geovit.training import TrainConfig
+
+    short = TrainConfig(epochs=2)
+    assert short.stage_spans() == [("heads", 0, 1)]
+    note = short.stage_warning()
+    assert "heads (epochs 0-1)" in note and "skipped: full, vit" in note
+    mid = TrainConfig(epochs=10)
+    assert mid.stage_spans() == [("heads", 0, 2), ("full", 3, 9)]
+    assert "skipped: vit" in mid.stage_warning()
+    assert TrainConfig().stage_warning() is None  # 23 epochs: 0-2, 3-19, 20-22
+    assert TrainConfig().stage_spans() == [("heads", 0, 2), ("full", 3, 19), ("vit", 20, 22)]
+    # The schedule itself agrees: stage(epoch) over the epochs gives the same spans.
+    assert [short.stage(e) for e in range(2)] == [0, 0]
+    assert {mid.stage(e) for e in range(10)} == {0, 1}
+
+
 @pytest.mark.parametrize("monitor", ["val/acc1", "val/median_km", "val/geoscore", "val/loss"])
 def test_kept_epoch_is_the_best_by_the_chosen_monitor(tmp_path, monitor):
     _, result = toy_run(tmp_path, epochs=4, monitor=monitor, limit_val_batches=3)

@@ -207,10 +207,15 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     )
 
 
-def set_temperature(path: str | os.PathLike, temperature: float) -> None:
-    """Store a fitted softmax temperature in a checkpoint file, rewriting it atomically."""
+def set_temperature(
+    path: str | os.PathLike, temperature: float, out: str | os.PathLike | None = None
+) -> Path:
+    """Store a fitted softmax temperature in a checkpoint: rewrite `path` atomically, or write a
+    copy to `out` (the original untouched). Returns the file written."""
     if not temperature > 0:
         raise GeovitError(f"temperature {temperature} must be > 0")
     raw = read_raw(path)
     raw["temperature"] = float(temperature)
-    atomic_write(path, lambda tmp: torch.save(raw, tmp))
+    target = Path(out if out is not None else path)
+    atomic_write(target, lambda tmp: torch.save(raw, tmp))
+    return target

@@ -122,6 +122,30 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise GeovitError("epochs and batch size must be >= 1 and lr > 0")
 
+    def stage_spans(self) -> list[tuple[str, int, int]]:
+        """(stage, first epoch, last epoch) of each stage that runs within `epochs`."""
+        bounds = (0, min(self.freeze_epochs, self.epochs),
+                  min(self.cnn_refreeze_epoch, self.epochs), self.epochs)  # fmt: skip
+        return [
+            (STAGES[i], bounds[i], bounds[i + 1] - 1)
+            for i in range(len(STAGES))
+            if bounds[i + 1] > bounds[i]
+        ]
+
+    def stage_warning(self) -> str | None:
+        """A sentence naming the stages that will run when --epochs cuts the schedule short (e.g.
+        --epochs 2 with --freeze-epochs 3 trains the heads only); None when all three run."""
+        spans = self.stage_spans()
+        if len(spans) == len(STAGES):
+            return None
+        runs = ", ".join(f"{name} (epochs {a}-{b})" for name, a, b in spans)
+        missing = [name for name in STAGES if name not in {n for n, _, _ in spans}]
+        return (
+            f"with --epochs {self.epochs}, --freeze-epochs {self.freeze_epochs} and "
+            f"--cnn-refreeze-epoch {self.cnn_refreeze_epoch} only these stages run: {runs}; "
+            f"skipped: {', '.join(missing)}. Lower the stage epochs to run them"
+        )
+
     def stage(self, epoch: int) -> int:
         """The stage (0, 1, 2) an epoch belongs to."""
         return int(epoch >= self.freeze_epochs) + int(epoch >= self.cnn_refreeze_epoch)

@@ -131,6 +131,8 @@ def train(
         limit_val_batches=_batches(limit_val_batches),
         **({"monitor": monitor.value} if monitor else {}),
     )
+    if (note := config.stage_warning()) is not None:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
     processes = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
     set_threads(threads, workers, processes)
     if resume is not None:
