@@ -52,11 +52,11 @@ from geovit.fileio import write_bytes, write_text
 from geovit.geo import spherical_mean
 from geovit.metrics import GeoMetrics
 from geovit.model import model_config
+from geovit.monitor import Monitor
 from geovit.predictor import Predictor
 from geovit.training import GeoViTModule, TrainConfig, build_datamodule, fit
 
 FRACTIONS = (0.7, 0.1, 0.2)  # train / val / test share of the groups' rows
-MONITORS = {"val/loss": "min", "val/acc1": "max", "val/median_km": "min", "val/geoscore": "max"}
 WITHIN_KM = ("25", "200", "750", "2500")
 JPEG_QUALITY = 90
 
@@ -273,6 +273,7 @@ def train_run(
         workers=args.workers,
         accelerator="cpu" if args.cpu else "auto",
         seed=args.seed,
+        **({"monitor": args.monitor} if args.monitor else {}),
     )
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
     module = GeoViTModule(mcfg, cells, tcfg)
@@ -287,20 +288,16 @@ def train_run(
     return result, epochs_dir
 
 
-def score_checkpoint(
-    path: Path, manifest: pd.DataFrame, args: argparse.Namespace, split: str = "test"
-) -> dict[str, Any]:
+def score_checkpoint(path: Path, manifest: pd.DataFrame, args: argparse.Namespace) -> dict:
+    """geovit's evaluation of one checkpoint on the test split."""
     predictor = Predictor.from_checkpoint(path, device="cpu" if args.cpu else None)
-    m = evaluate(
-        predictor, manifest, split, batch_size=64, workers=args.workers, ks=(1, 5),
-        places=split == "test",
-    )  # fmt: skip
+    m = evaluate(predictor, manifest, "test", batch_size=64, workers=args.workers, ks=(1, 5))
     return {**headline(m), "cross_entropy": m["cross_entropy"]}
 
 
 def per_epoch(epochs_dir: Path, manifest: pd.DataFrame, args: argparse.Namespace) -> dict:
-    """Val metrics logged by training + val GeoScore + test metrics of every epoch's weights,
-    and the epoch each monitor would have kept."""
+    """Val metrics logged by training and test metrics of every epoch's weights, and the epoch
+    each monitor (geovit.monitor) would have kept."""
     rows = []
     for path in sorted(epochs_dir.glob("epoch*.ckpt")):
         ckpt = load_checkpoint(path)
@@ -308,9 +305,8 @@ def per_epoch(epochs_dir: Path, manifest: pd.DataFrame, args: argparse.Namespace
         row = {
             "epoch": ckpt.train.get("epoch"),
             "stage": ckpt.train.get("stage"),
-            **{k: val.get(k) for k in ("val/loss", "val/acc1", "val/acc5", "val/median_km")},
-            "val/geoscore": score_checkpoint(path, manifest, args, "val")["geoscore"],
-            "test": score_checkpoint(path, manifest, args, "test"),
+            **{m.value: val.get(m.value) for m in Monitor},
+            "test": score_checkpoint(path, manifest, args),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -318,9 +314,9 @@ def per_epoch(epochs_dir: Path, manifest: pd.DataFrame, args: argparse.Namespace
         return {"epochs": []}
     best_test = max(rows, key=lambda r: r["test"]["geoscore"])["epoch"]
     kept = {}
-    for monitor, mode in MONITORS.items():
-        pick = (min if mode == "min" else max)(rows, key=lambda r, m=monitor: r[m])
-        kept[monitor] = {"epoch": pick["epoch"], "test": pick["test"]}
+    for monitor in Monitor:
+        pick = (min if monitor.mode == "min" else max)(rows, key=lambda r, m=monitor: r[m.value])
+        kept[monitor.value] = {"epoch": pick["epoch"], "test": pick["test"]}
     return {
         "epochs": rows,
         "best_test_epoch_by_geoscore": best_test,
@@ -361,10 +357,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup-epochs", type=float, default=0.5)
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1: fastest on a shared CPU)"
+    )
     ap.add_argument("--cpu", action="store_true", help="train and evaluate on the CPU")
     ap.add_argument("--seed", type=int, default=0, help="split, cells draw and training seed")
     ap.add_argument("--draws", type=int, default=20, help="random_prior draws averaged")
+    ap.add_argument("--monitor", help="val metric that picks model.pt (default: geovit's)")
     ap.add_argument("--every-epoch", action="store_true", help="score each epoch's weights")
     ap.add_argument("--baselines-only", action="store_true", help="no training")
     return ap.parse_args(argv)
@@ -408,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["config"] = {
             k: v for k, v in vars(args).items() if k not in ("data", "cache", "out", "exclude")
         }
-        result["kept"] = {"path": str(run.model_path), "val": run.best}
+        result["kept"] = {"path": str(run.model_path), **run.kept, "val": run.best}
         model = score_checkpoint(run.model_path, manifest, args)
         result["model"] = model
         result["last_epoch"] = score_checkpoint(run.last_ckpt, manifest, args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -62,6 +63,25 @@ def tiny_checkpoint(tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory) 
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, cells)
 
 
+@pytest.fixture(scope="session", params=["cnn", "vit"])
+def baseline_checkpoint(
+    request: pytest.FixtureRequest, tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """model.pt of each baseline arch (the small preset's CNN or ViT alone), like
+    `tiny_checkpoint`: tests taking it run once per arch."""
+    import torch
+
+    from geovit.cells import CellPartition
+    from geovit.checkpoint import save_checkpoint
+    from geovit.model import GeoViT, model_config
+
+    cells = CellPartition.load(tiny_cells)
+    torch.manual_seed(0)
+    cfg = model_config("small", len(cells), arch=request.param, image_size=TINY_IMAGE_SIZE)
+    folder = tmp_path_factory.mktemp(f"ckpt_{request.param}")
+    return save_checkpoint(folder / "model.pt", GeoViT(cfg), cells)
+
+
 @pytest.fixture()
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to open a network connection fails the test (figures must render offline)."""
@@ -71,3 +91,32 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture()
+def ghostscript_standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A logging `gs` first on PATH (Pillow re-detects it): returns the log file it appends to.
+
+    An upload or dataset file in EPS format must never reach it.
+    """
+    from PIL import EpsImagePlugin
+
+    log = tmp_path / "gs_calls.log"
+    script = tmp_path / "bin" / "gs"
+    script.parent.mkdir()
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
+    return log
+
+
+def eps_bytes() -> bytes:
+    """A small valid EPS file (Pillow writes it without Ghostscript)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="EPS")
+    return buf.getvalue()

@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 
 import pytest
 from PIL import Image
 
+from geovit.geo import haversine_km
 from geovit.predictor import Predictor
 from geovit.serve import background_server, create_app
 
@@ -116,15 +118,36 @@ def test_upload_shows_top_k_map_and_heatmap(page, predictor, photos, tmp_path):
     assert ref.names[0] in first and f"{100 * ref.probs[0]:.1f}%" in first
     assert f"{abs(ref.best_lat):.3f}" in page.inner_text("#best-guess")
 
-    assert page.locator("#map path.cell").count() == len(predictor.cells)
-    pred_cells = page.locator("#map path.cell-pred")
-    assert sorted(pred_cells.nth(i).get_attribute("data-token") for i in range(5)) == sorted(
-        ref.tokens
-    )
-    assert page.locator("#map path.best").count() == 1
-    assert page.locator("#map .base-coastline").count() == 1  # the embedded basemap drew
+    # The map is geovit.maps' own HTML map: every cell coloured, the top cells outlined, the
+    # best-guess cross, the graticule and a scale bar, and the same colour scale stated.
+    page.wait_for_selector("#map-frame[data-loaded=true]", state="visible")
+    frame = page.frame_locator("#map-frame")
+    assert frame.locator("#cells path").count() == len(predictor.cells)
+    assert frame.locator("#top path").count() == 5
+    assert frame.locator("#best").count() == 1 and frame.locator("#scalebar").count() == 1
+    assert frame.locator("#basemap .graticule").count() > 0
+    assert frame.locator("#basemap .coastline").count() > 0  # the embedded basemap drew
+    assert "log scale, fixed 0.0001 to 1" in frame.locator("#scalekind").inner_text()
+    assert "most photos near" in first
     size = page.eval_on_selector("#heatmap", "img => [img.naturalWidth, img.naturalHeight]")
     assert size == [predictor.image_size, predictor.image_size]
+    assert page.offsite == [] and page.errors == []
+
+
+def test_true_location_draws_the_error_line_and_distance(page, predictor, photos, tmp_path):
+    lat, lon = 40.76, -111.89
+    page.fill("#true-lat", str(lat))
+    page.fill("#true-lon", str(lon))
+    page.set_input_files("#file-input", str(photos[0]))
+    page.wait_for_selector("#map-frame[data-loaded=true]", state="visible")
+    page.screenshot(path=str(tmp_path / "page_truth.png"), full_page=True)
+    ref = predictor.predict(Image.open(photos[0]), top_k=1)
+    km = haversine_km(ref.best_lat, ref.best_lon, lat, lon)  # the reference distance
+    shown = re.sub(r"\.0$", "", f"{float(km):,.1f}")  # as JavaScript's toLocaleString writes it
+    assert f"{shown} km from the true location" in page.inner_text("#truth-error")
+    frame = page.frame_locator("#map-frame")
+    assert frame.locator("#truthline path.truthline").count() >= 1
+    assert f"{shown} km from the best guess" in frame.locator("#truthnote").inner_text()
     assert page.offsite == [] and page.errors == []
 
 
@@ -133,7 +156,12 @@ def test_drop_bad_file_then_good_photo(page, predictor, photos):
     page.wait_for_selector("#error", state="visible")
     assert "not an image" in page.inner_text("#error")
     assert page.locator("#topk li").count() == 0
-    assert page.locator("#map path.cell-pred").count() == 0
+    assert page.is_hidden("#map-frame")
+    # The refused upload leaves no broken-image icon: no visible <img> without a decoded image.
+    broken = page.eval_on_selector_all(
+        "img", "els => els.filter((e) => e.offsetParent && !e.naturalWidth).length"
+    )
+    assert broken == 0 and page.is_hidden("#photo-wrap")
 
     buf = io.BytesIO()
     Image.open(photos[1]).save(buf, format="PNG")

@@ -277,3 +277,23 @@ def test_cli_build_and_show(tmp_path):
     missing = runner.invoke(app, ["cells", "show", str(tmp_path / "nope.parquet")])
     assert missing.exit_code == 2
     assert "does not exist" in missing.output
+
+
+def test_cli_build_from_coordinates_only_with_all_points(tmp_path):
+    """A table of coordinates (no image column) is enough; --all partitions every point, and the
+    partition is the one CellPartition.build makes of all of them."""
+    lat, lon = clustered_points(5, n=500)
+    pd.DataFrame({"y": lat, "x": lon}).to_csv(tmp_path / "pts.csv", index=False)
+    args = ["cells", "build", str(tmp_path / "pts.csv"), "--t1", "40", "--t2", "5"]
+    unnamed = CliRunner().invoke(app, args)
+    assert unnamed.exit_code == 2 and "--lat-col" in unnamed.output
+    args += ["--lat-col", "y", "--lon-col", "x"]
+    result = CliRunner().invoke(app, [*args, "--all", "--out", str(tmp_path / "all.parquet")])
+    assert result.exit_code == 0, result.output
+    got = CellPartition.load(tmp_path / "all.parquet")
+    want = CellPartition.build(lat, lon, t1=40, t2=5)
+    assert got.n_points == lat.size and list(got.tokens) == list(want.tokens)
+    assert "held out as test" not in result.output
+    split = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "train.parquet")])
+    assert split.exit_code == 0, split.output
+    assert 0 < CellPartition.load(tmp_path / "train.parquet").n_points < lat.size

@@ -17,13 +17,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import geovit
-from geovit import evaluation
+from geovit import calibration, evaluation
 from geovit.checkpoint import load_checkpoint
 from geovit.cli import app
 from geovit.data.images import build_transform, decode_image
 from geovit.data.manifest import load_manifest
 from geovit.errors import GeovitError
 from geovit.metrics import GeoMetrics, reverse_geocode
+from geovit.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +140,31 @@ def test_calibrate_fits_on_raw_logits(predictor, manifest):
 def test_cli_evaluate_and_calibrate(tiny_checkpoint, tiny_world, tmp_path):
     model = Path(shutil.copy(tiny_checkpoint, tmp_path / "model.pt"))
     runner = CliRunner()
-    res = runner.invoke(
-        app,
-        ["calibrate", "-c", str(model), "-d", str(tiny_world), "--max-images", "10"],
+    before = model.read_bytes()
+    args = ["calibrate", "-c", str(model), "-d", str(tiny_world), "--max-images", "10"]
+    res = runner.invoke(app, [*args, "--split", "train", "--check-split", "val"])
+    assert res.exit_code == 0, res.output
+    assert model.read_bytes() == before and "unchanged" in res.stdout  # kept unless asked
+    # Before/after on the fitted split and on val, recomputed here from the logits.
+    manifest = load_manifest(tiny_world)[0]
+    predictor = Predictor.from_checkpoint(model)
+    fit = evaluation.calibrate(predictor, manifest, "train", batch_size=8, max_images=10)
+    val = calibration.score_temperature(
+        *evaluation.split_logits(predictor, manifest, "val", max_images=10), fit.temperature
     )
+    assert val.n_images > 0
+    for name, f in (("train (fit)", fit), ("val ", val)):
+        row = next(line for line in res.stdout.splitlines() if name in line)
+        for v in (f.ece_before, f.ece_after, f.nll_before, f.nll_after):
+            assert f"{v:.4f}" in row
+    copy = tmp_path / "calibrated.pt"
+    res = runner.invoke(app, [*args, "--out", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert model.read_bytes() == before and load_checkpoint(copy).temperature != 1.0
+    res = runner.invoke(app, [*args, "--in-place"])
     assert res.exit_code == 0, res.output
     stored = load_checkpoint(model).temperature
-    assert stored != 1.0 and f"{stored:.4f}" in res.stdout
+    assert stored == load_checkpoint(copy).temperature and f"{stored:.4f}" in res.stdout
 
     out = tmp_path / "eval"
     res = runner.invoke(
@@ -174,3 +193,31 @@ def test_cli_evaluate_and_calibrate(tiny_checkpoint, tiny_world, tmp_path):
     )
     assert res.exit_code == 2 and "--top-k" in res.stderr
     assert load_checkpoint(model).temperature == stored  # a failed command changes nothing
+
+
+def test_reliability_legend_names_over_and_under_confidence():
+    """Two bins by hand: 0.2-0.4 under-confident (confidence 0.3 < accuracy 0.5), 0.8-1.0
+    over-confident (0.9 > 0.4); each gap is shaded in its own colour and named in the legend."""
+    from matplotlib.colors import to_hex
+
+    from geovit.evaluation import OVER_COLOUR, UNDER_COLOUR, reliability_figure
+
+    bins = [
+        {"lower": lo, "upper": lo + 0.2, "accuracy": None, "confidence": None, "count": 0}
+        for lo in (0.0, 0.2, 0.4, 0.6, 0.8)
+    ]
+    bins[1].update(accuracy=0.5, confidence=0.3, count=10)
+    bins[4].update(accuracy=0.4, confidence=0.9, count=5)
+    m = {"split": "val", "temperature": 1.0, "calibration": {"ece": 0.25, "bins": bins}}
+    fig = reliability_figure(m)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "over-confident: confidence > accuracy" in labels
+    assert "under-confident: confidence < accuracy" in labels
+    shaded = {
+        to_hex(p.get_facecolor(), keep_alpha=False): (p.get_x(), p.get_y(), p.get_height())
+        for p in ax.patches
+        if p.get_height() != 0 and to_hex(p.get_facecolor()) in (OVER_COLOUR, UNDER_COLOUR)
+    }
+    assert shaded[OVER_COLOUR] == pytest.approx((0.8, 0.4, 0.5))  # from accuracy up to 0.9
+    assert shaded[UNDER_COLOUR] == pytest.approx((0.2, 0.5, -0.2))  # from accuracy down to 0.3

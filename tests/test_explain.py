@@ -17,8 +17,10 @@ from geovit.cells import CellPartition
 from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.explain import (
+    Explanation,
     explain_image,
     occlusion,
+    occlusion_window,
     parse_fill,
     probability_fn,
     render_explanation,
@@ -164,6 +166,23 @@ def test_explain_image_and_render(predictor, tmp_path):
         explain_image(predictor, photo, lat=-40.0, lon=20.0)
 
 
+def test_baseline_archs_explain_like_captum(baseline_checkpoint, tmp_path):
+    """CNN-only and ViT-only checkpoints: the heatmap is captum's, and --fast runs on each."""
+    predictor = Predictor.from_checkpoint(baseline_checkpoint, device="cpu")
+    photo = tmp_path / "p.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)).save(photo)
+    expl = explain_image(predictor, photo, patch=16, stride=16)
+    x = predictor.preprocess(photo)
+    ref = Occlusion(predictor.predict_proba).attribute(
+        x[None], sliding_window_shapes=(3, 16, 16), strides=(3, 16, 16),
+        baselines=torch.zeros(1, 3, 64, 64), target=expl.top,
+    )[0, 0]  # fmt: skip
+    assert np.abs(expl.heatmap).max() > 1e-6
+    np.testing.assert_allclose(expl.heatmap, ref.numpy(), rtol=0, atol=1e-6)
+    fast = explain_image(predictor, photo, patch=16, stride=16, fast=True)
+    assert fast.heatmap.shape == (64, 64) and np.isfinite(fast.heatmap).all()
+
+
 def test_explain_cli(tiny_checkpoint, tiny_world, tmp_path):
     photo = sorted((tiny_world / "images" / "test").glob("*.jpg"))[0]
     runner = CliRunner()
@@ -198,3 +217,49 @@ def test_explain_cli_takes_the_true_location_from_the_manifest(
     res = CliRunner().invoke(app, ["explain", str(stray), "-c", str(tiny_checkpoint), "-o",
                                    str(tmp_path), "-d", str(tiny_world)])  # fmt: skip
     assert res.exit_code == 2 and "not in the manifest" in res.output
+
+
+def test_occlusion_window_scales_with_the_model_input():
+    assert occlusion_window(224) == (32, 8)  # the design's own window
+    assert occlusion_window(64) == (9, 2)  # 32 * 64 / 224 = 9.1, 8 * 64 / 224 = 2.3
+    assert occlusion_window(448) == (64, 16)
+
+
+def test_explain_default_patch_is_scaled_to_the_input(predictor, tmp_path):
+    photo = tmp_path / "p.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), np.uint8)).save(photo)
+    expl = explain_image(predictor, photo, stride=8)  # patch: 9 px at this 64 px model
+    x = predictor.preprocess(photo)
+    ref = occlusion(predictor.predict_proba, x, expl.target, patch=9, stride=8)
+    np.testing.assert_allclose(expl.heatmap, ref.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_heatmap_figure_is_diverging_centred_at_zero_with_its_range_stated():
+    """A +-0.0002 heatmap is drawn at full colour: red where positive, white at 0, blue where
+    negative, over a grey photo; the colour bar states the range."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    heat = np.zeros((64, 64), np.float32)
+    heat[:, :16], heat[:, -16:] = 2e-4, -2e-4
+    photo = np.full((64, 64, 3), 128, np.uint8)
+    expl = Explanation(heat, photo, 0, "top", "89c", "", 0.5, 0, 0.5)
+    fig = render_explanation(expl)
+    im = fig.axes[1].images[1]
+    assert (im.norm.vmin, im.norm.vcenter, im.norm.vmax) == pytest.approx((-2e-4, 0.0, 2e-4))
+    assert "range ±0.0002" in fig.axes[2].get_ylabel()
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    img = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    ax = fig.axes[1]
+
+    def at(x: float) -> np.ndarray:
+        px, py = ax.transData.transform((x, 32))
+        return img[int(img.shape[0] - py), int(px)]
+
+    # Reference: the colour map's end and centre colours at alpha 0.75 over the grey photo.
+    def blend(t: float) -> np.ndarray:
+        return 0.75 * np.array(colormaps["RdBu_r"](t)[:3]) * 255 + 0.25 * 128
+
+    for x, t in ((4, 1.0), (32, 0.5), (60, 0.0)):  # +max: dark red, 0: white, -max: dark blue
+        np.testing.assert_allclose(at(x), blend(t), atol=6)

@@ -78,7 +78,7 @@ def test_decode_applies_exif_orientation_like_pillow() -> None:
 
 
 def test_decode_rejects_garbage_and_truncated_data() -> None:
-    with pytest.raises(GeovitError, match="cannot decode"):
+    with pytest.raises(GeovitError, match="not an accepted format"):
         decode_image(b"definitely not an image")
     data = encode(Image.fromarray(street_like()))
     with pytest.raises(GeovitError):
@@ -233,3 +233,48 @@ def test_bad_image_is_logged_and_all_bad_batch_is_empty(
     assert batch["n_bad"] == 2 and batch["image"].shape[0] == 0 and batch["label"].shape == (0,)
     with pytest.raises(GeovitError):
         ImageDataset(["a", "b"], np.zeros(3), build_transform(8, MEAN, STD, False))
+
+
+def test_empty_eps_and_any_undecodable_file_is_one_counted_bad_record(
+    tmp_path: Path, ghostscript_standin: Path
+) -> None:
+    """Zero bytes used to crash (torch.frombuffer outside the try); EPS ran Ghostscript."""
+    from conftest import eps_bytes
+
+    good = encode(Image.fromarray(street_like()))
+    files = {"good.jpg": good, "empty.jpg": b"", "drawing.jpg": eps_bytes(), "ok.png": good}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(GeovitError, match="empty"):
+        decode_image(b"")
+    with pytest.raises(GeovitError, match="not an accepted format"):
+        decode_image(eps_bytes())
+    refs = [str(tmp_path / n) for n in files]
+    dataset = ImageDataset(refs, np.arange(4), build_transform(16, MEAN, STD, train=False))
+    batch = collate_skip_bad([dataset[i] for i in range(4)])
+    assert batch["n_bad"] == 2 and batch["index"].tolist() == [0, 3]
+    assert not ghostscript_standin.exists(), "an EPS file reached Ghostscript"
+
+
+def test_16_bit_png_keeps_its_brightness() -> None:
+    """A 16-bit grey PNG is scaled to 8 bits (Pillow's convert('RGB') clips it to white)."""
+    ramp = (np.arange(64 * 96).reshape(64, 96) * 10).astype(np.uint16)
+    expected = np.round(ramp / 257.0)
+    for decoded in (decode_image(encode(Image.fromarray(ramp), "PNG")),
+                    load_image(Image.fromarray(ramp))):  # fmt: skip
+        assert decoded.dtype == torch.uint8
+        assert np.abs(decoded[0].numpy().astype(float) - expected).max() <= 1
+
+
+def test_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
+    """A crafted progressive JPEG repeats scans thousands of times to stall the decoder."""
+    from geovit.data.images import MAX_JPEG_SCANS
+
+    data = encode(Image.fromarray(street_like()), progressive=True)
+    normal_scans = data.count(b"\xff\xda")
+    assert 1 < normal_scans <= 12  # libjpeg's default progressive script
+    assert decode_image(data).shape == (3, 64, 96)
+    last_sos = data.rindex(b"\xff\xda")
+    crafted = data[:last_sos] + data[last_sos:-2] * (MAX_JPEG_SCANS + 1) + data[-2:]
+    with pytest.raises(GeovitError, match="scans"):
+        decode_image(crafted)

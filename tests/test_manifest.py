@@ -380,3 +380,103 @@ def test_pick_groups_takes_whole_groups() -> None:
     for k in range(10):
         assert len(set(taken[codes == k])) == 1
     assert abs(taken.sum() - 0.3 * len(codes)) <= 10 / 2 + 1
+
+
+def test_column_options_and_image_template_for_id_tables(tmp_path: Path) -> None:
+    for i in range(3):
+        write_jpeg(tmp_path / "images" / f"{100 + i}.jpg", seed=i)
+    pd.DataFrame(
+        {"id": ["100", "101", "102"], "pos_y": [1.0, 2, 3], "pos_x": [4.0, 5, 6], "kind": "a"}
+    ).to_csv(tmp_path / "t.csv", index=False)
+    kw = {"lat_col": "pos_y", "lon_col": "pos_x", "val_fraction": 0.0, "test_fraction": 0.0}
+    df, _ = load_manifest(tmp_path / "t.csv", image_template="images/{id}.jpg", **kw)
+    assert list(df["image"]) == [str(tmp_path / "images" / f"{100 + i}.jpg") for i in range(3)]
+    assert list(df["latitude"]) == [1.0, 2.0, 3.0] and list(df["id"]) == ["100", "101", "102"]
+    # each missing-column error names the option that fixes it
+    with pytest.raises(GeovitError, match=r"--image-col, or build paths .* --image-template"):
+        load_manifest(tmp_path / "t.csv", **kw)
+    with pytest.raises(GeovitError, match=r"no latitude column .* --lat-col"):
+        load_manifest(tmp_path / "t.csv", image_template="images/{id}.jpg")
+    with pytest.raises(GeovitError, match=r"'where' \(--image-col\) not in table"):
+        load_manifest(tmp_path / "t.csv", image_col="where", **kw)
+    with pytest.raises(GeovitError, match=r"--image-template .* not in table: ident"):
+        load_manifest(tmp_path / "t.csv", image_template="images/{ident}.jpg", **kw)
+    # on a dataset folder the table options cannot apply: say so instead of ignoring them
+    (tmp_path / "train.csv").write_text("id,latitude,longitude\n100,1,4\n")
+    with pytest.raises(GeovitError, match=r"--lat-col, --lon-col apply to \.csv/\.parquet tables"):
+        load_manifest(tmp_path, lat_col="pos_y", lon_col="pos_x")
+
+
+def test_coordinates_only_table_when_images_are_not_needed(tmp_path: Path) -> None:
+    pd.DataFrame({"lat": [1.0, 2.0, 95.0], "lon": [4.0, 5.0, 6.0]}).to_csv(
+        tmp_path / "points.csv", index=False
+    )
+    df, report = load_manifest(tmp_path / "points.csv", need_images=False, test_fraction=0.0)
+    assert list(df["latitude"]) == [1.0, 2.0] and df["image"].isna().all()
+    assert report.dropped == {"out_of_range": 1} and list(df["id"]) == ["0", "1"]
+    assert any("coordinates only" in note for note in report.notes)
+    with pytest.raises(GeovitError, match="no image path column"):
+        load_manifest(tmp_path / "points.csv")
+
+
+def test_folder_without_gps_hints_at_a_table(tmp_path: Path) -> None:
+    write_jpeg(tmp_path / "a.jpg")
+    write_jpeg(tmp_path / "b.jpg", seed=1)
+    (tmp_path / "labels.csv").write_text("image,lat,lon\na.jpg,1,2\n")
+    with pytest.raises(GeovitError, match=r"no_gps 2.*table.*labels\.csv found there") as err:
+        load_manifest(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_test_split_note_says_what_was_held_out(tmp_path: Path) -> None:
+    """Three photos a few metres apart form one spatial block: nothing can go to test."""
+    for i in range(3):
+        exif = gps_exif((48.0, 51.0, 24.0 + i), "N", (2.0, 21.0, 3.0), "E")
+        write_jpeg(tmp_path / f"{i}.jpg", seed=i, exif=exif)
+    df, report = load_manifest(tmp_path, val_fraction=0.0)
+    assert (df["split"] == "train").all()
+    assert not any("10% held out" in note for note in report.notes)
+    assert any("test is empty" in note for note in report.notes)
+    path, _ = table_for_splits(tmp_path / "many")
+    df, report = load_manifest(path, val_fraction=0.0, val_split="random")
+    n_test = int((df["split"] == "test").sum())
+    assert (
+        n_test > 0
+        and f"{n_test} records ({n_test / len(df):.0%}) held out as test" in "\n".join(report.notes)
+    )
+
+
+def test_missing_or_invalid_gps_hemisphere_is_dropped_not_placed_north_east(
+    tmp_path: Path,
+) -> None:
+    """40.5, -105.5 (Colorado) without its W ref used to land at 40.5, 105.5 in China."""
+    write_jpeg(tmp_path / "ok.jpg", exif=gps_exif((40.0, 30.0, 0.0), "N", (105.0, 30.0, 0.0), "W"))
+    write_jpeg(
+        tmp_path / "no_ref.jpg", exif=gps_exif((40.0, 30.0, 0.0), "N", (105.0, 30.0, 0.0), "")
+    )
+    write_jpeg(
+        tmp_path / "bad_ref.jpg", exif=gps_exif((40.0, 30.0, 0.0), "X", (105.0, 30.0, 0.0), "W")
+    )
+    df, report = load_manifest(tmp_path, val_fraction=0.0, test_fraction=0.0)
+    assert report.dropped == {"bad_gps_ref": 2}
+    assert sorted(report.examples["bad_gps_ref"]) == ["bad_ref.jpg", "no_ref.jpg"]
+    assert df["id"].tolist() == ["ok.jpg"]
+    assert (df["latitude"].iloc[0], df["longitude"].iloc[0]) == pytest.approx((40.5, -105.5))
+
+
+@pytest.mark.parametrize("layout", ["exif", "osv5m"])
+def test_symlink_loops_are_walked_once_and_reported(tmp_path: Path, layout: str) -> None:
+    """A link back to a parent used to be followed ~40 levels deep (3 files -> 123 records)."""
+    root = tmp_path / "data"
+    images = root / "images" / "train" if layout == "osv5m" else root
+    exif = gps_exif((40.0, 30.0, 0.0), "N", (105.0, 30.0, 0.0), "W")
+    for i, folder in enumerate(["sub", "sub", "leaf"]):
+        write_jpeg(images / folder / f"{i}.jpg", seed=i, exif=exif)
+    (images / "sub" / "loop").symlink_to(images, target_is_directory=True)  # a loop
+    (images / "again").symlink_to(images / "leaf", target_is_directory=True)  # a duplicate
+    if layout == "osv5m":
+        osv_frame(["0", "1", "2"]).to_csv(root / "train.csv", index=False)
+    df, report = load_manifest(root, val_fraction=0.0, test_fraction=0.0)
+    assert len(df) == 3 and report.n_read == 3
+    note = next(n for n in report.notes if "linked folder" in n)
+    assert note.startswith("skipped 2 linked folder(s)")

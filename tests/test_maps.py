@@ -260,3 +260,93 @@ def test_cell_rings_contain_their_points_across_antimeridian_and_poles():
             inside |= np.stack([r.contains_points(pts) for r in rings])
         assert np.mean(inside[truth, np.arange(plat.size)]) > 0.99
         assert np.mean(inside.sum(axis=0) == 1) > 0.99  # rings tile the map without overlap
+
+
+def _pixels(fig) -> np.ndarray:
+    """The figure rendered (no trimming) as an (H, W, 3) uint8 array."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3]
+
+
+def _colour_at(fig, ax, x: float, y: float) -> np.ndarray:
+    """Median colour of the 5x5 pixels around data point (x, y) (thin lines do not move it)."""
+    img = _pixels(fig)
+    px, py = ax.transData.transform((x, y))
+    r, c = int(img.shape[0] - py), int(px)
+    return np.median(img[r - 2 : r + 3, c - 2 : c + 3].reshape(-1, 3), axis=0)
+
+
+def test_probability_colours_are_fixed_and_comparable_across_images(predictor, offline):
+    """A near-uniform guess is no longer drawn bright: every map uses log 1e-4..1, so a cell at
+    1/K gets the colour inferno((log10(1/K) + 4) / 4) whatever the image's maximum."""
+    from matplotlib import colormaps
+
+    cells = predictor.cells
+    k = len(cells)
+    uniform = np.full(k, 1.0 / k)
+    peaked = np.full(k, 0.1 / (k - 1))
+    peaked[0] = 0.9
+    for probs in (uniform, peaked):
+        m = probability_map(cells, probs, top_k=0)
+        ax = m.figure.axes[0]
+        polys = [np.asarray(p.vertices) for p in ax.collections[0].get_paths()]
+        area = [_shoelace(v[:, 0], v[:, 1]) for v in polys]
+        cell = 1 + int(np.argmax(area[1:]))  # the biggest cell other than the peak
+        x, y = polys[cell].mean(axis=0)
+        want = np.array(colormaps["inferno"]((np.log10(probs[cell]) + 4) / 4)[:3]) * 255
+        np.testing.assert_allclose(_colour_at(m.figure, ax, x, y), want, atol=10)
+        bar = m.figure.axes[1].get_xlabel()
+        assert "log scale, fixed 0.0001 to 1 for every image" in bar
+
+
+def test_map_marks_best_guess_line_to_truth_scale_bar_and_graticule(predictor, offline):
+    cells = predictor.cells
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(len(cells)))
+    lat, lon = 44.0, -100.0
+    m = probability_map(cells, probs, lat=lat, lon=lon, top_k=3)
+    ax = m.figure.axes[0]
+    best = int(np.argmax(probs))
+    b_lat, b_lon = float(cells.centroid_lat[best]), float(cells.centroid_lon[best])
+    # Reference distance by the haversine formula written out here.
+    p1, p2, dl = np.radians(b_lat), np.radians(lat), np.radians(lon - b_lon)
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    km = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(a))
+    assert m.best == pytest.approx((b_lat, b_lon)) and m.error_km == pytest.approx(km, rel=1e-9)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "best guess" in legend and f"true location, {km:,.0f} km from the best guess" in legend
+    # The dashed red line runs from the projected best guess to the projected truth.
+    red = [ln for ln in ax.lines if ln.get_color() == "red" and ln.get_linestyle() == "--"]
+    xy = np.concatenate([ln.get_xydata() for ln in red])
+    ends = np.column_stack(m.projection(np.array([b_lat, lat]), np.array([b_lon, lon])))
+    np.testing.assert_allclose(xy[[0, -1]], ends, atol=1e-6)
+    # A round scale bar whose label matches its drawn length at the centre's scale.
+    bar = next(ln for ln in ax.lines if ln.get_gid() == "scalebar")
+    label = next(t.get_text() for t in ax.texts if t.get_text().endswith("km (at the centre)"))
+    stated = float(label.split()[0])
+    assert stated / 10 ** np.floor(np.log10(stated)) in (1, 2, 5)
+    (x0, _), (x1, _) = bar.get_xydata()
+    frame = ax.get_xlim()
+    assert 0.08 < (x1 - x0) / (frame[1] - frame[0]) < 0.25
+    # Graticule: dashed lines and degree labels; cell labels say what the name is.
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert re.search(r"\d+°[NS]", texts) and re.search(r"\d+°[EW]", texts)
+    assert "most photos near" in texts
+
+
+def test_html_map_has_truth_line_distance_graticule_and_fixed_scale(predictor, offline):
+    cells = predictor.cells
+    probs = np.random.default_rng(2).dirichlet(np.ones(len(cells)))
+    page = probability_map_html(cells, probs, lat=44.0, lon=-100.0)
+    data = json.loads(
+        re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S)[1]
+    )
+    png = probability_map(cells, probs, lat=44.0, lon=-100.0)
+    assert data["error_km"] == pytest.approx(png.error_km, abs=0.05)
+    assert data["scale"] == ["probability (log scale, fixed 0.0001 to 1 for every image)", 1e-4, 1]
+    assert 'class="truthline"' in page and 'class="graticule"' in page
+    assert data["scalebar"][0] > 0 and any("°" in t for *_, t in data["ticks"])
+    assert "most photos near" in page

@@ -290,3 +290,28 @@ def test_temperature_fit_flags_signal_free_logits():
     labels = logits.argmin(axis=1)  # any sharpening hurts: the best is uniform, T -> inf
     fit = fit_temperature(logits, labels)
     assert fit.at_bound and fit.temperature == pytest.approx(T_MAX, rel=1e-3)
+
+
+def test_median_distance_is_exact_in_float64():
+    """The median of many batches equals statistics.median of the haversine distances computed
+    one by one with math (float64): float32 storage would move it by ~1e-5 km."""
+    import statistics
+
+    rng = np.random.default_rng(3)
+    lat1, lat2 = rng.uniform(-60, 60, (2, 1001))
+    lon1, lon2 = rng.uniform(-180, 180, (2, 1001))
+    acc = DistanceError()
+    for s in range(0, 1001, 100):
+        acc.update(lat1[s : s + 100], lon1[s : s + 100], lat2[s : s + 100], lon2[s : s + 100])
+
+    def hav(a1, o1, a2, o2):
+        p1, p2 = math.radians(a1), math.radians(a2)
+        h = (
+            math.sin((p2 - p1) / 2) ** 2
+            + math.cos(p1) * math.cos(p2) * math.sin(math.radians(o2 - o1) / 2) ** 2
+        )
+        return 2 * 6371.0 * math.asin(math.sqrt(h))
+
+    want = statistics.median(map(hav, lat1, lon1, lat2, lon2))
+    assert acc.compute()["distance"]["median_km"] == pytest.approx(want, rel=1e-12, abs=0)
+    assert acc.distances.dtype == np.float64

@@ -112,9 +112,14 @@ def test_expand_images_files_folders_globs(tmp_path, photos):
     assert problems[0][1] == "pattern matches no files"
 
 
-def test_predict_files_keeps_going_past_bad_images(predictor, photos, tmp_path):
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"\xff\xd8\xff\xe0 truncated", "decode"), (b"", "empty"), (b"%!PS-Adobe-3.0", "accepted")],
+)
+def test_predict_files_keeps_going_past_bad_images(predictor, photos, tmp_path, content, words):
+    """A zero-byte file used to crash the whole call (the good images were lost)."""
     bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"\xff\xd8 truncated")
+    bad.write_bytes(content)
     paths = [str(photos[0]), str(bad), str(photos[1])]
     predictor.batch_size = 2  # the bad file sits inside a batch and at a batch edge
     try:
@@ -122,7 +127,7 @@ def test_predict_files_keeps_going_past_bad_images(predictor, photos, tmp_path):
     finally:
         predictor.batch_size = 32
     assert [p for p, _ in results] == paths
-    assert isinstance(results[1][1], str) and "decode" in results[1][1]
+    assert isinstance(results[1][1], str) and words in results[1][1]
     for (_, pred), photo in zip([results[0], results[2]], [photos[0], photos[1]], strict=True):
         np.testing.assert_array_equal(pred.indices, predictor.predict(photo, top_k=2).indices)
 
@@ -211,3 +216,49 @@ def test_bytes_of_png_are_supported(predictor, photos):
     np.testing.assert_array_equal(
         predictor.predict(buf.getvalue()).indices, predictor.predict(photos[2]).indices
     )
+
+
+def test_cli_predict_reads_osv5m_zip_archives_and_members(
+    tiny_checkpoint, predictor, photos, tmp_path
+):
+    """`00.zip` predicts every image inside, `00.zip::ID.jpg` one; both as the files themselves."""
+    import zipfile
+
+    archive = tmp_path / "00.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for photo in photos:
+            z.write(photo, photo.name)
+        z.writestr("readme.txt", "not an image")
+    member = f"{archive}::{photos[1].name}"
+    missing = f"{archive}::nope.jpg"
+    args = ["predict", "-c", str(tiny_checkpoint), str(archive), member, missing, "-f", "json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output  # the missing member only
+    body = {r["image"]: r for r in json.loads(res.stdout)}
+    assert list(body) == [f"{archive}::{p.name}" for p in photos] + [missing]
+    assert "nope.jpg" in body[missing]["error"]
+    for photo in photos:
+        want = predictor.predict(photo.read_bytes(), top_k=5)
+        got = body[f"{archive}::{photo.name}"]["top_k"]
+        assert [r["index"] for r in got] == want.indices.tolist()
+        np.testing.assert_allclose([r["probability"] for r in got], want.probs, rtol=1e-6)
+
+
+def test_threads_option_and_default_split_cores_with_workers(tiny_checkpoint, photos, monkeypatch):
+    from geovit.cli._common import default_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # restored after the test: the CLI sets it
+    assert [default_threads(w) for w in (0, 1, 3, 7, 16)] == [8, 4, 2, 1, 1]
+    assert default_threads(1, processes=2) == 2 and default_threads(0, processes=16) == 1
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            args = ["predict", "-c", str(tiny_checkpoint), str(photos[0]), "--threads", str(n)]
+            res = CliRunner().invoke(app, args)
+            assert res.exit_code == 0, res.output
+            assert torch.get_num_threads() == n
+        res = CliRunner().invoke(app, ["predict", "-c", str(tiny_checkpoint), str(photos[0])])
+        assert res.exit_code == 0 and torch.get_num_threads() == 8  # the 8 "usable" cores
+    finally:
+        torch.set_num_threads(before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 
 import matplotlib
 import numpy as np
@@ -95,10 +96,38 @@ def _images(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r"src='data:image/png;base64,([^']+)'", page)]
 
 
+def test_pick_examples_takes_each_sequence_once():
+    # Rows 0 and 1 are frames of one drive, both confidently right: the second pick is row 2.
+    s = _stats(
+        p1=[0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1],
+        correct=[True, True, True, False, False, False, False, False],
+        entropy=np.linspace(0.5, 4, 8),
+        mass_near_truth=np.zeros(8),
+        sequence=[7, 7, 3, 1, 2, 4, 5, 6],
+    )
+    picks = pick_examples(s, per_kind=2)
+    assert picks["confident_right"] == [0, 2]
+    chosen = [i for rows in picks.values() for i in rows]
+    assert len(set(s.loc[chosen, "sequence"])) == len(chosen)
+
+
 def test_report_end_to_end(tiny_checkpoint, tiny_world, tmp_path, offline, monkeypatch):
     runner = CliRunner()
     out = tmp_path / "rep"
-    args = ["report", "-c", str(tiny_checkpoint), "-d", str(tiny_world), "-o", str(out),
+    # The checkpoint in a run folder with Lightning's CSV log: the report draws its curves.
+    run = tmp_path / "run"
+    (run / "logs" / "version_0").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, run / "model.pt")
+    pd.DataFrame(
+        {
+            "epoch": [0, 0, 1, 1],
+            "step": [5, 5, 11, 11],
+            "train/loss_epoch": [3.0, np.nan, 2.5, np.nan],
+            "val/loss": [np.nan, 3.2, np.nan, 2.9],
+            "val/acc1": [np.nan, 0.1, np.nan, 0.2],
+        }
+    ).to_csv(run / "logs" / "version_0" / "metrics.csv", index=False)
+    args = ["report", "-c", str(run / "model.pt"), "-d", str(tiny_world), "-o", str(out),
             "--examples", "1"]  # fmt: skip
     res = runner.invoke(app, [*args, "--fast"])
     assert res.exit_code == 0, res.output
@@ -111,7 +140,18 @@ def test_report_end_to_end(tiny_checkpoint, tiny_world, tmp_path, offline, monke
     n_gallery = page.count("<figure>")
     assert 1 <= n_gallery <= len(KINDS)
     pngs = _images(page)
-    assert len(pngs) == 2 + 2 * n_gallery
+    assert len(pngs) == 3 + 2 * n_gallery  # reliability, accuracy map, training curves
+    assert "<h2>Training curves</h2>" in page
+    assert "id='synthetic-warning'" in page  # the tiny world is synthetic
+    # Baselines, recomputed here with pandas: the most common training cell's share of test.
+    manifest, _ = load_manifest(tiny_world)
+    cells = Predictor.from_checkpoint(tiny_checkpoint).cells
+    common = pd.Series(cells.assign(*(manifest.loc[manifest.split == "train", c].to_numpy()
+                                     for c in ("latitude", "longitude")))).mode()[0]  # fmt: skip
+    test = manifest[manifest.split == "test"]
+    share = np.mean(cells.assign(test.latitude.to_numpy(), test.longitude.to_numpy()) == common)
+    assert f"<td>always the most common training cell</td><td>{100 * share:.2f}%</td>" in page
+    assert f"<td>{100 / len(cells):.2f}%</td>" in page
     assert all(p.startswith(b"\x89PNG") and len(p) > 10_000 for p in pngs)
     assert not re.search(r"<(script|img|link)[^>]+(src|href)=['\"]?https?:", page)
     assert f"{100 * metrics['cell_accuracy']['all_images']['top1']:.2f}%" in page

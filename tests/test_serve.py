@@ -23,6 +23,7 @@ from matplotlib.path import Path as MplPath
 from PIL import Image
 
 from geovit.explain import explain_image
+from geovit.geo import haversine_km
 from geovit.predictor import Predictor
 from geovit.serve import STATIC_DIR, create_app
 
@@ -126,7 +127,7 @@ def test_cells_geojson_is_the_partition(client, predictor):
 
 def test_index_page_and_assets_need_no_network(client):
     html = client.get("/").text
-    assert "<svg" in html and 'id="topk"' in html
+    assert 'id="map-frame"' in html and 'id="topk"' in html and 'id="true-lat"' in html
     refs = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert refs, "page references its script and stylesheet"
     for ref in refs:
@@ -140,6 +141,20 @@ def test_index_page_and_assets_need_no_network(client):
             urls,
         )  # a namespace, not fetched
     assert client.get("/basemap.json").json()["world"]["coastline"]
+
+
+def test_map_page_is_the_cli_map_with_the_truth(client, predictor, photo):
+    """/map returns geovit.maps' HTML map of the photo (the page's one look) and the best
+    guess's distance to a given true location, by the haversine formula."""
+    lat, lon = 40.76, -111.89
+    r = client.post("/map", **upload(photo), data={"lat": str(lat), "lon": str(lon)})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    ref = predictor.predict(Image.open(io.BytesIO(photo)), top_k=1)
+    km = haversine_km(ref.best_lat, ref.best_lon, lat, lon)
+    assert float(r.headers["x-geovit-error-km"]) == pytest.approx(km, abs=0.05)
+    assert 'class="truthline"' in r.text and "log scale, fixed" in r.text
+    bad = client.post("/map", **upload(photo), data={"lat": "40"})
+    assert bad.status_code == 422 and "both lat and lon" in bad.json()["detail"]
 
 
 def test_openapi_docs(client):
@@ -272,3 +287,114 @@ def test_inference_is_serialized_and_off_the_event_loop(predictor, photo):
     assert slow.peak == 1  # one inference at a time
     assert total_s >= 4 * 0.3
     assert health.status_code == 200 and health_s < 0.3  # answered while inference ran
+
+
+# ----------------------------------------------------------------------------- hardening
+
+
+def test_eps_upload_never_reaches_ghostscript(client, ghostscript_standin):
+    from conftest import eps_bytes
+
+    r = client.post("/predict", **upload(eps_bytes(), "drawing.eps"))
+    assert r.status_code == 415 and "not an image geovit can read" in r.json()["detail"]
+    assert not ghostscript_standin.exists(), "the upload ran Ghostscript"
+    assert_still_serving(client)
+
+
+def test_image_sent_as_text_field_is_422(client):
+    r = client.post("/predict", data={"image": "not a file"})
+    assert r.status_code == 422 and "text, not a file" in r.json()["detail"]
+    assert_still_serving(client)
+
+
+def test_16_bit_png_upload_is_decoded_like_the_cli(client, predictor):
+    """One decode path: the server's answer equals the Predictor's on the same bytes."""
+    ramp = (np.arange(80 * 120).reshape(80, 120) * 6).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    r = client.post("/predict", **upload(buf.getvalue(), "deep.png"))
+    assert r.status_code == 200, r.text
+    expected = predictor.predict(buf.getvalue(), top_k=5)
+    probs = [c["probability"] for c in r.json()["top_k"]]
+    assert np.allclose(probs, expected.probs, atol=1e-5)
+
+
+def test_cross_origin_posts_are_refused(client, photo):
+    """A page on another site can POST multipart without a preflight: the Origin check stops it."""
+    evil = client.post("/predict", headers={"Origin": "https://evil.example"}, **upload(photo))
+    assert evil.status_code == 403 and "cross-origin" in evil.json()["detail"]
+    own = client.post("/predict", headers={"Origin": "http://testserver"}, **upload(photo))
+    assert own.status_code == 200
+    assert client.post("/predict", **upload(photo)).status_code == 200  # curl: no Origin
+
+
+def test_explain_cost_is_bounded(client, photo, tiny_image_size):
+    from geovit.serve import MAX_EXPLAIN_POSITIONS
+
+    r = client.post("/explain", params={"patch": 1, "stride": 1}, **upload(photo))
+    assert r.status_code == 422 and "forward passes" in r.json()["detail"]
+    assert tiny_image_size**2 > MAX_EXPLAIN_POSITIONS
+    assert f"{tiny_image_size**2:,}" in r.json()["detail"]
+
+
+def test_bad_upload_is_answered_while_another_request_holds_the_model(predictor, photo):
+    """Decoding runs outside the model lock: a queue of inferences does not delay it."""
+    slow = SlowPredictor(predictor, delay=1.0)
+    app = create_app(slow)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            busy = asyncio.create_task(c.post("/predict", **upload(photo)))
+            await asyncio.sleep(0.2)
+            t0 = time.perf_counter()
+            bad = await c.post("/predict", **upload(photo[: len(photo) // 2]))
+            return bad, time.perf_counter() - t0, await busy
+
+    bad, bad_s, busy = asyncio.run(scenario())
+    assert busy.status_code == 200
+    assert bad.status_code == 400 and bad_s < 0.5
+
+
+class CountingPredictor(SlowPredictor):
+    """Counts predict_proba calls (one per occlusion batch), each taking `delay` seconds."""
+
+    calls = 0
+
+    def predict_proba(self, x):
+        self.calls += 1
+        time.sleep(self.delay)
+        return self.inner.predict_proba(x)
+
+
+def test_explain_stops_when_the_client_disconnects(predictor, photo):
+    from geovit.serve import background_server
+
+    counting = CountingPredictor(predictor, delay=0.25)
+    app = create_app(counting)
+    with background_server(app) as url:
+        # patch 4 / stride 4 on 64 px: 256 positions = 8 batches + the base pass (> 2 s)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/explain", params={"patch": 4, "stride": 4}, timeout=0.6,
+                       **upload(photo))  # fmt: skip
+        time.sleep(2.5)
+        calls = counting.calls
+        assert calls <= 5, f"{calls} batches ran after the client left"
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+
+
+def test_half_open_connections_are_dropped(predictor, monkeypatch):
+    import socket
+
+    import geovit.serve as serve
+
+    monkeypatch.setattr(serve, "HEADER_TIMEOUT_S", 0.5)
+    with serve.background_server(create_app(predictor)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for payload in (b"", b"POST /predict HTTP/1.1\r\nHost: x\r\n"):
+            with socket.create_connection((host, int(port))) as sock:
+                sock.settimeout(5)
+                sock.sendall(payload)
+                t0 = time.perf_counter()
+                assert sock.recv(100) == b""  # closed by the server
+                assert time.perf_counter() - t0 < 3

@@ -10,6 +10,8 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.torch
+import timm
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
@@ -19,6 +21,7 @@ from geovit.cells import CellPartition
 from geovit.checkpoint import load_checkpoint
 from geovit.cli import app
 from geovit.data.manifest import load_manifest
+from geovit.errors import GeovitError
 from geovit.geo import haversine_km
 from geovit.model import model_config
 from geovit.training import (
@@ -87,6 +90,7 @@ def toy_run(
     n_val: int = 24,
     callbacks=(),
     resume=None,
+    overwrite=False,
     **overrides,
 ):
     cells = toy_cells()
@@ -101,7 +105,9 @@ def toy_run(
     dm = GeoDataModule(
         ToyImages(cells, n_train, seed=1), val, val.coords, batch_size=cfg.batch_size, seed=cfg.seed
     )
-    result = fit(module, dm, out, resume=resume, progress=False, callbacks=callbacks)
+    result = fit(
+        module, dm, out, resume=resume, progress=False, callbacks=callbacks, overwrite=overwrite
+    )
     return module, result
 
 
@@ -299,6 +305,7 @@ def test_train_cli_on_tiny_world(tmp_path, tiny_world, tiny_cells):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "outside the kept cells" in result.output
+    assert "kept epoch" in result.output and "val/acc1 =" in result.output  # the default
     for name in ("best.ckpt", "last.ckpt", "model.pt", "logs/version_0/metrics.csv"):
         assert (out / name).is_file(), name
     assert list((out / "tb").rglob("events.out.tfevents.*"))
@@ -329,3 +336,87 @@ def test_train_cli_reports_missing_weights_in_one_line(tmp_path, tiny_world, tin
     assert result.exit_code == 2
     assert "no.pth" in result.output and "not found" in result.output
     assert not (tmp_path / "r" / "last.ckpt").exists()
+
+
+def test_train_cli_archs_and_per_part_weight_sources(tmp_path, tiny_world, tiny_cells, offline):
+    """--cnn-weights decides the CNN alone, offline; each part's source and count is printed."""
+    good = tmp_path / "r18.safetensors"
+    full = timm.create_model("resnet18").state_dict()
+    safetensors.torch.save_file(full, good)
+    base = ["train", "--data", str(tiny_world), "--cells", str(tiny_cells), "--preset", "small",
+            "--image-size", str(SIZE), "--epochs", "1", "--freeze-epochs", "1",
+            "--cnn-refreeze-epoch", "1", "--batch-size", "16", "--workers", "0",
+            "--accelerator", "cpu", "--limit-train-batches", "2", "--limit-val-batches", "2",
+            "--no-progress"]  # fmt: skip
+    hybrid = ["--out", str(tmp_path / "h"), "--cnn-weights", str(good), "--no-pretrained-vit"]
+    run = CliRunner().invoke(app, [*base, *hybrid])
+    assert run.exit_code == 0, run.output
+    n = len(full) - 2  # all but the classifier
+    assert f"cnn resnet18: weights from {good}: loaded {n}/{n} tensors" in run.output
+    assert "vit vit_tiny_patch16_224: random" in run.output
+    assert "stage 0 (epochs 0-0) freezes vit vit_tiny_patch16_224, which has random" in run.output
+    assert "freezes cnn" not in run.output
+    vit_only = ["--out", str(tmp_path / "v"), "--arch", "vit", "--no-pretrained"]
+    vit_run = CliRunner().invoke(app, [*base, *vit_only])
+    assert vit_run.exit_code == 0, vit_run.output
+    loaded = load_checkpoint(tmp_path / "v" / "model.pt")
+    assert loaded.config.arch == "vit" and loaded.model.cnn is None
+    assert loaded.mean == (0.5, 0.5, 0.5)  # the ViT sees the pixels: its own normalization
+    # a file for another model fails in one line, before any training
+    other = ["--out", str(tmp_path / "w"), "--cnn", "resnet34", *hybrid[2:]]
+    wrong = CliRunner().invoke(app, [*base, *other])
+    assert wrong.exit_code == 2 and "does not fit cnn resnet34" in wrong.output
+    assert not (tmp_path / "w" / "last.ckpt").exists()
+
+
+def test_stage_warning_names_the_stages_that_run():
+    """--epochs 2 with the default --freeze-epochs 3 trains the heads only: say so."""
+    from geovit.training import TrainConfig
+
+    short = TrainConfig(epochs=2)
+    assert short.stage_spans() == [("heads", 0, 1)]
+    note = short.stage_warning()
+    assert "heads (epochs 0-1)" in note and "skipped: full, vit" in note
+    mid = TrainConfig(epochs=10)
+    assert mid.stage_spans() == [("heads", 0, 2), ("full", 3, 9)]
+    assert "skipped: vit" in mid.stage_warning()
+    assert TrainConfig().stage_warning() is None  # 23 epochs: 0-2, 3-19, 20-22
+    assert TrainConfig().stage_spans() == [("heads", 0, 2), ("full", 3, 19), ("vit", 20, 22)]
+    # The schedule itself agrees: stage(epoch) over the epochs gives the same spans.
+    assert [short.stage(e) for e in range(2)] == [0, 0]
+    assert {mid.stage(e) for e in range(10)} == {0, 1}
+
+
+@pytest.mark.parametrize("monitor", ["val/acc1", "val/median_km", "val/geoscore", "val/loss"])
+def test_kept_epoch_is_the_best_by_the_chosen_monitor(tmp_path, monitor):
+    _, result = toy_run(tmp_path, epochs=4, monitor=monitor, limit_val_batches=3)
+    logged = pd.read_csv(tmp_path / "logs" / "version_0" / "metrics.csv")
+    per_epoch = logged.dropna(subset=[monitor]).groupby("epoch")[monitor].last()
+    higher = monitor in ("val/acc1", "val/geoscore")
+    best = per_epoch.idxmax() if higher else per_epoch.idxmin()  # first of any ties, as Lightning
+    model = load_checkpoint(result.model_path)
+    want = {"epoch": int(best), "monitor": monitor, "mode": "max" if higher else "min"}
+    assert {k: model.train["kept"][k] for k in want} == want == {k: result.kept[k] for k in want}
+    assert model.train["kept"]["value"] == pytest.approx(per_epoch[best])
+    assert model.train["epoch"] == best and model.train["config"]["monitor"] == monitor
+
+
+def test_val_geoscore_is_the_mean_score_of_the_kept_model(tmp_path):
+    """val/geoscore recomputed from the kept weights: 5000 exp(-d / 1492.7) per val image."""
+    _, result = toy_run(tmp_path, epochs=2, n_val=12, batch_size=8, limit_val_batches=2)
+    model = load_checkpoint(result.model_path)
+    cells = toy_cells()
+    val = ToyImages(cells, 12, seed=2)
+    with torch.no_grad():
+        top = model.model(val.images).argmax(dim=1).numpy()
+    km = haversine_km(cells.centroid_lat[top], cells.centroid_lon[top], *val.coords.T)
+    assert model.train["val"]["val/geoscore"] == pytest.approx(
+        np.mean(5000 * np.exp(-km / 1492.7)), rel=1e-5
+    )
+
+
+def test_unknown_monitor_names_the_valid_ones():
+    with pytest.raises(GeovitError, match="val/acc1, val/median_km"):
+        TrainConfig(monitor="val/acc")
+    result = CliRunner().invoke(app, ["train", "--data", "x", "--out", "y", "--monitor", "acc"])
+    assert result.exit_code == 2 and "val/geoscore" in result.output

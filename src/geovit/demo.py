@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from geovit.card import describe_dataset, write_cards
 from geovit.cells import T1_DEFAULT, T2_DEFAULT, CellPartition
@@ -24,9 +23,8 @@ from geovit.checkpoint import load_checkpoint, set_temperature
 from geovit.data.manifest import load_manifest
 from geovit.data.synth import generate_world
 from geovit.errors import GeovitError
-from geovit.evaluation import calibrate, evaluate, write_outputs
+from geovit.evaluation import calibrate, evaluate, majority_baseline, write_outputs
 from geovit.explain import explain_image, render_explanation
-from geovit.geo import haversine_km
 from geovit.maps import probability_map
 from geovit.model import model_config
 from geovit.predictor import Predictor
@@ -66,6 +64,7 @@ class DemoSettings:
     image_size: int = 48  # model input (px): the small preset shrunk for a 2-core CPU
     world_size: tuple[int, int] = (144, 96)  # synthetic photo size, 3:2
     target_classes: int = 40
+    preset: str = "small"  # backbones (at image_size); "lite" needs geovit[lite] for its weights
     epochs: int = 6
     freeze_epochs: int = 1
     cnn_refreeze_epoch: int = 5
@@ -93,22 +92,6 @@ class DemoResult:
     metrics: dict[str, Any]
     baselines: dict[str, float]
     files: dict[str, Path] = field(default_factory=dict)
-
-
-def majority_baseline(
-    manifest: pd.DataFrame, cells: CellPartition, split: str = "test"
-) -> dict[str, float]:
-    """Chance and "always predict the most common training cell" on a split's top-1 accuracy and
-    within-200-km accuracy (the predicted point being that cell's centroid)."""
-    rows = manifest[manifest["split"] == split]
-    lat, lon = rows["latitude"].to_numpy(np.float64), rows["longitude"].to_numpy(np.float64)
-    common = int(np.argmax(cells.counts))
-    d = haversine_km(lat, lon, cells.centroid_lat[common], cells.centroid_lon[common])
-    return {
-        "chance_top1": 1.0 / len(cells),
-        "majority_top1": float(np.mean(cells.assign(lat, lon) == common)),
-        "majority_within_200km": float(np.mean(d < 200.0)),
-    }
 
 
 def run_demo(
@@ -153,11 +136,12 @@ def run_demo(
     )
 
     say(
-        f"3/7 training the small preset at {s.image_size}px for {s.epochs} epochs: heads only "
+        f"3/7 training the {s.preset} preset at {s.image_size}px for {s.epochs} epochs: heads only "
         f"0-{s.freeze_epochs - 1}, everything {s.freeze_epochs}-{s.cnn_refreeze_epoch - 1}, "
         f"CNN frozen {s.cnn_refreeze_epoch}-{s.epochs - 1}"
     )
-    mcfg = model_config("small", len(cells), image_size=s.image_size)
+    lite = s.preset == "lite"  # the only preset with real weights offline
+    mcfg = model_config(s.preset, len(cells), image_size=s.image_size, pretrained=lite)
     tcfg = TrainConfig(
         epochs=s.epochs,
         freeze_epochs=s.freeze_epochs,

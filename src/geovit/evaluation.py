@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,14 @@ from geovit.data.images import ImageDataset, collate_skip_bad
 from geovit.data.shards import shard_split
 from geovit.errors import GeovitError
 from geovit.fileio import write_bytes, write_text
+from geovit.geo import haversine_km
 from geovit.metrics import PLACE_LEVELS, GeoMetrics, reverse_geocode
 from geovit.predictor import Predictor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from geovit.cells import CellPartition
 
 Progress = Callable[[int], None]
 
@@ -132,7 +138,23 @@ def evaluate(
     }
 
 
-def calibrate(
+def majority_baseline(
+    manifest: pd.DataFrame, cells: CellPartition, split: str = "test"
+) -> dict[str, float]:
+    """Chance and "always predict the most common training cell" on a split's top-1 accuracy and
+    within-200-km accuracy (the predicted point being that cell's centroid)."""
+    rows = manifest[manifest["split"] == split]
+    lat, lon = rows["latitude"].to_numpy(np.float64), rows["longitude"].to_numpy(np.float64)
+    common = int(np.argmax(cells.counts))
+    d = haversine_km(lat, lon, cells.centroid_lat[common], cells.centroid_lon[common])
+    return {
+        "chance_top1": 1.0 / len(cells),
+        "majority_top1": float(np.mean(cells.assign(lat, lon) == common)),
+        "majority_within_200km": float(np.mean(d < 200.0)),
+    }
+
+
+def split_logits(
     predictor: Predictor,
     manifest: pd.DataFrame,
     split: str = "val",
@@ -142,11 +164,12 @@ def calibrate(
     max_images: int = 20_000,
     seed: int = 0,
     progress: Progress | None = None,
-) -> TemperatureFit:
-    """Fit the temperature on (a seeded sample of at most ``max_images`` of) one split.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits (T = 1) and cell labels of (a seeded sample of at most ``max_images`` of) one
+    split, readable images only.
 
-    Unlike evaluation the fit needs every logit at once, hence the cap: 20k images x 2k cells is
-    160 MB of float32.
+    Unlike evaluation a temperature fit needs every logit at once, hence the cap: 20k images x
+    2k cells is 160 MB of float32.
     """
     rows = split_rows(manifest, split)
     if len(rows) > max_images:
@@ -165,7 +188,14 @@ def calibrate(
             f"none of the {len(rows)} {split!r} images could be read; check the image paths"
         )
     idx = np.concatenate([i for i, _ in parts])
-    return fit_temperature(np.concatenate([lg for _, lg in parts]), labels[idx])
+    return np.concatenate([lg for _, lg in parts]), labels[idx]
+
+
+def calibrate(
+    predictor: Predictor, manifest: pd.DataFrame, split: str = "val", **kw: Any
+) -> TemperatureFit:
+    """Fit the temperature on one split (``split_logits``'s options)."""
+    return fit_temperature(*split_logits(predictor, manifest, split, **kw))
 
 
 # ----------------------------------------------------------------------------- writers
@@ -175,7 +205,7 @@ def write_metrics_json(metrics: dict[str, Any], path: str | os.PathLike) -> Path
     return write_text(path, json.dumps(metrics, indent=2, sort_keys=False) + "\n")
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
 
 
@@ -216,11 +246,11 @@ def summary_tables(m: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
             [
                 [
                     "all scored images (outside-cell images count as wrong)",
-                    *[_pct(cell["all_images"][k]) for k in ks],
+                    *[pct(cell["all_images"][k]) for k in ks],
                 ],
                 [
                     "in-cell images only (the design's view)",
-                    *[_pct(cell["in_cell_images"][k]) for k in ks],
+                    *[pct(cell["in_cell_images"][k]) for k in ks],
                 ],
             ],
         ),
@@ -236,7 +266,7 @@ def summary_tables(m: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
                 [
                     _num(dist["mean_km"], ".1f"),
                     _num(dist["median_km"], ".1f"),
-                    *[_pct(v) for v in dist["accuracy_within_km"].values()],
+                    *[pct(v) for v in dist["accuracy_within_km"].values()],
                     _num(m["geoscore_mean"], ".0f"),
                 ]
             ],
@@ -248,7 +278,7 @@ def summary_tables(m: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
                 "Place accuracy (reverse_geocoder on the predicted point)",
                 ["level", "accuracy", "labelled images"],
                 [
-                    [lvl, _pct(v["accuracy"]), str(v["n_labelled"])]
+                    [lvl, pct(v["accuracy"]), str(v["n_labelled"])]
                     for lvl, v in m["place_accuracy"].items()
                 ],
             )
@@ -304,12 +334,14 @@ def write_metrics_md(m: dict[str, Any], path: str | os.PathLike, title: str = "E
     return write_text(path, metrics_markdown(m, title))
 
 
-def reliability_png(m: dict[str, Any]) -> bytes:
-    """Reliability diagram PNG: accuracy vs mean confidence per bin, with the bin counts below."""
-    import matplotlib
+OVER_COLOUR, UNDER_COLOUR = "#d62728", "#2ca02c"  # confidence above / below accuracy
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def reliability_figure(m: dict[str, Any]) -> Figure:
+    """Reliability diagram: accuracy vs mean confidence per bin, the gap shaded red where the
+    model is over-confident (confidence > accuracy) and green where it is under-confident, the
+    bin counts below."""
+    from matplotlib.figure import Figure
 
     cal = m["calibration"]
     bins = cal["bins"]
@@ -318,23 +350,19 @@ def reliability_png(m: dict[str, Any]) -> bytes:
     acc = np.array([b["accuracy"] or 0.0 for b in bins])
     conf = np.array([b["confidence"] if b["confidence"] is not None else np.nan for b in bins])
     count = np.array([b["count"] for b in bins])
-    fig, (ax, axc) = plt.subplots(
-        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
+    fig = Figure(figsize=(5, 6.2), layout="constrained")
+    ax, axc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.bar(
         lower, acc, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy"
     )
-    ax.bar(
-        lower,
-        np.nan_to_num(conf - acc),
-        bottom=acc,
-        width=width,
-        align="edge",
-        color="#dd8452",
-        alpha=0.45,
-        edgecolor="white",
-        label="gap to confidence",
-    )
+    gap = np.nan_to_num(conf - acc)
+    for sign, colour, label in (
+        (1, OVER_COLOUR, "over-confident: confidence > accuracy"),
+        (-1, UNDER_COLOUR, "under-confident: confidence < accuracy"),
+    ):
+        part = np.where(sign * gap > 0, gap, 0.0)
+        ax.bar(lower, part, bottom=acc, width=width, align="edge", color=colour, alpha=0.5,
+               edgecolor="white", label=label)  # fmt: skip
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set(
         ylim=(0, 1),
@@ -344,12 +372,13 @@ def reliability_png(m: dict[str, Any]) -> bytes:
     ax.legend(loc="upper left", fontsize=8)
     axc.bar(lower, count, width=width, align="edge", color="#8c8c8c", edgecolor="white")
     axc.set(xlim=(0, 1), xlabel="top-1 confidence", ylabel="images")
-    fig.tight_layout()
+    return fig
+
+
+def reliability_png(m: dict[str, Any]) -> bytes:
+    """The reliability diagram as PNG bytes."""
     buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=120)
-    finally:
-        plt.close(fig)
+    reliability_figure(m).savefig(buf, format="png", dpi=120)
     return buf.getvalue()
 
 

@@ -34,6 +34,18 @@ ModelFn = Callable[[torch.Tensor], Any]
 """Maps a float batch (B,3,H,W) to class probabilities (B,K) (a tensor or an array)."""
 
 
+# The design's occlusion at its 224 px input: a 32 px patch every 8 px. Smaller inputs get the
+# same fractions (a fixed 32 px patch would cover half of a 64 px input: a blocky heatmap).
+DESIGN_INPUT, DESIGN_PATCH, DESIGN_STRIDE = 224, 32, 8
+
+
+def occlusion_window(image_size: int) -> tuple[int, int]:
+    """(patch, stride) in pixels for a model input of `image_size`: the design's 32/224 and
+    8/224 of the input."""
+    patch = max(2, round(DESIGN_PATCH * image_size / DESIGN_INPUT))
+    return patch, max(1, round(DESIGN_STRIDE * image_size / DESIGN_INPUT))
+
+
 def window_starts(size: int, patch: int, stride: int) -> np.ndarray:
     """Start offsets of the occluding window along one axis, exactly as captum places them.
 
@@ -193,15 +205,16 @@ def explain_image(
     lat: float | None = None,
     lon: float | None = None,
     target: Literal["true", "top"] | None = None,
-    patch: int = 32,
-    stride: int = 8,
+    patch: int | None = None,
+    stride: int | None = None,
     fill: str = "mean",
     batch_size: int = 32,
     fast: bool = False,
 ) -> Explanation:
     """Occlusion heatmap of one photo for its true cell (given lat/lon) or the top prediction.
 
-    `target=None` picks "true" when a location is given, else "top".
+    `target=None` picks "true" when a location is given, else "top". `patch`/`stride` default
+    to occlusion_window(the model's input size).
     """
     from geovit.data.images import load_image
 
@@ -221,6 +234,9 @@ def explain_image(
             )
     else:
         idx = top
+    auto_patch, auto_stride = occlusion_window(int(x.shape[-1]))
+    patch = patch or auto_patch
+    stride = stride or min(auto_stride, patch)
     heat = occlusion(
         predictor.predict_proba,
         x,
@@ -247,35 +263,48 @@ def explain_image(
 
 
 def render_explanation(expl: Explanation, path: str | Path | None = None, *, dpi: int = 110):
-    """PNG figure: the photo, and the photo under the heatmap with a colour bar and the target
-    cell named. Writes `path` atomically when given; returns the matplotlib Figure."""
+    """PNG figure: the photo, and the heatmap over a grey copy of it on a diverging scale centred
+    at 0 (red: hiding the region lowers p(target), blue: raises it) whose symmetric range is
+    stated in the colour bar. Writes `path` atomically when given; returns the Figure."""
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
     from geovit.maps import save_figure
 
     h, w = expl.photo.shape[:2]
-    fig = Figure(figsize=(10, 10 * h / (2 * w) + 1.0), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(10, 10 * h / (2 * w) + 1.4), dpi=dpi, layout="constrained")
     ax0, ax1 = fig.subplots(1, 2)
     ax0.imshow(expl.photo)
-    ax0.set_title("photo")
-    ax1.imshow(expl.photo)
-    lim = float(np.abs(expl.heatmap).max()) or 1e-9
+    ax0.set_title("photo", fontsize=13)
+    ax1.imshow(expl.photo.mean(axis=2), cmap="gray", vmin=0, vmax=255)  # colours stay readable
+    lim = heat_range(expl.heatmap)
     im = ax1.imshow(
         expl.heatmap,
-        cmap="RdBu_r",
+        cmap=HEAT_CMAP,
         norm=TwoSlopeNorm(0.0, -lim, lim),
-        alpha=0.6,
+        alpha=0.75,
         extent=(0, w, h, 0),  # stretched back to the photo's aspect (the model saw it squashed)
         interpolation="bilinear",
     )
-    ax1.set_title("occlusion sensitivity")
+    ax1.set_title("occlusion sensitivity", fontsize=13)
     for ax in (ax0, ax1):
         ax.set_axis_off()
-    fig.colorbar(im, ax=ax1, shrink=0.8, label="drop in p(target cell) when occluded")
-    place = f", {expl.name}" if expl.name else ""
+    fig.colorbar(
+        im, ax=ax1, shrink=0.8, label=f"drop in p(target cell) when occluded, range ±{lim:.2g}"
+    )
+    place = f", most photos near {expl.name}" if expl.name else ""
     top = "" if expl.top == expl.target else f" (top-1 p={expl.top_prob:.3f})"
-    fig.suptitle(f"{expl.target_kind} cell {expl.token}{place}: p={expl.prob:.3f}{top}")
+    fig.suptitle(
+        f"{expl.target_kind} cell {expl.token}{place}: p={expl.prob:.3f}{top}", fontsize=14
+    )
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+HEAT_CMAP = "RdBu_r"  # diverging: white at 0
+
+
+def heat_range(heatmap: np.ndarray) -> float:
+    """The symmetric colour range ±max|value| (a tiny floor so an all-zero map still draws)."""
+    return float(np.abs(heatmap).max()) or 1e-9

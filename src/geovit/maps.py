@@ -26,7 +26,7 @@ import numpy as np
 from geovit.basemap import LAYERS, Basemap, load_basemap
 from geovit.errors import GeovitError
 from geovit.fileio import write_bytes, write_text
-from geovit.geo import EARTH_RADIUS_KM, latlon_to_xyz, xyz_to_latlon
+from geovit.geo import EARTH_RADIUS_KM, haversine_km, latlon_to_xyz, xyz_to_latlon
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -39,7 +39,19 @@ if TYPE_CHECKING:
 _EE_A = (1.340264, -0.081106, 0.000893, 0.003796)
 _WORLD_LON_SPAN = 100.0  # wider (or taller than _WORLD_LAT_SPAN) extents use the world projection
 _WORLD_LAT_SPAN = 60.0
-BASEMAP_STYLE = {"frame": 0.8, "coastline": 0.7, "admin0": 0.6, "admin1": 0.35}  # line widths
+BASEMAP_STYLE = {  # line widths
+    "graticule": 0.3,
+    "frame": 0.8,
+    "coastline": 0.7,
+    "admin0": 0.6,
+    "admin1": 0.35,
+}
+# Probability colours run over a fixed range, the same for every image, so two maps compare at a
+# glance: log from PROB_FLOOR (lower values share the darkest colour) to 1, or linear 0 to 1.
+PROB_FLOOR = 1e-4
+PROB_CMAP = "inferno"
+_GRATICULE_STEPS = (1, 2, 5, 10, 15, 30, 45, 60)  # degrees
+_NICE = (1, 2, 5)
 
 
 def wrap_lon(lon: np.ndarray | float) -> np.ndarray:
@@ -155,8 +167,48 @@ class CellGeometry:
     proj: Projection
     xy: np.ndarray  # (K, V, 2) km
     frame: tuple[float, float, float, float]  # x0, x1, y0, y1 (km)
-    basemap: list[tuple[str, np.ndarray]]  # (layer, projected polyline)
+    basemap: list[tuple[str, np.ndarray]]  # (layer, projected polyline); "graticule" included
     attribution: str
+    km_per_unit: float  # true km per projected km along the parallel through the map's centre
+    ticks: list[tuple[float, float, str]]  # graticule labels: x, y (km) and e.g. "40°N"
+
+
+def _nice_step(span: float, steps: Sequence[float], most: int = 8) -> float:
+    return next((s for s in steps if span / s <= most), steps[-1])
+
+
+def graticule(
+    west: float, east: float, south: float, north: float
+) -> tuple[list[np.ndarray], list[tuple[float, float, str]]]:
+    """Meridians and parallels (lon/lat polylines) at a round step covering the extent, each
+    with its label and the lon/lat where the label goes (south end of a meridian, west end of a
+    parallel)."""
+    step = _nice_step(max(east - west, north - south), _GRATICULE_STEPS)
+    s, n = max(south - step, -90.0), min(north + step, 90.0)
+    w, e = west - step, east + step
+    lines, labels = [], []
+    t = np.linspace(0.0, 1.0, 60)
+    for lon in np.arange(np.ceil(w / step) * step, e + 1e-9, step):
+        lines.append(np.column_stack([np.full_like(t, lon), s + (n - s) * t]))
+        v = float(wrap_lon(lon))
+        labels.append((south, lon, f"{abs(v):g}°{'E' if v > 0 else 'W' if v < 0 else ''}"))
+    for lat in np.arange(np.ceil(s / step) * step, n + 1e-9, step):
+        lines.append(np.column_stack([w + (e - w) * t, np.full_like(t, lat)]))
+        labels.append((lat, west, f"{abs(lat):g}°{'N' if lat > 0 else 'S' if lat < 0 else ''}"))
+    return lines, labels
+
+
+def nice_length(km: float) -> float:
+    """The largest 1, 2 or 5 x 10^n not above `km` (a scale bar's length)."""
+    mag = 10.0 ** np.floor(np.log10(km))
+    return float(max(m * mag for m in _NICE if m * mag <= km))
+
+
+def _km_per_unit(proj: Projection, lat: float, lon: float) -> float:
+    """Ground km per projected km along the parallel at (lat, lon): the map's local scale."""
+    d = 0.05
+    x, y = proj(np.array([lat, lat]), np.array([lon - d, lon + d]))
+    return float(haversine_km(lat, lon - d, lat, lon + d) / np.hypot(np.diff(x), np.diff(y))[0])
 
 
 def cell_geometry(
@@ -185,12 +237,36 @@ def cell_geometry(
         for layer in LAYERS
         for xy in project_lines(proj, base.lines(layer, box if east <= 180 else None))
     ]
+    south, north = float(np.min(alat)), float(np.max(alat))
+    grid, grid_labels = graticule(west, east, south, north)
+    lines += [("graticule", xy) for xy in project_lines(proj, grid)]
+    ticks = []
+    for la, lo, text in grid_labels:
+        tx, ty = proj(np.array(la), np.array(lo))
+        ticks.append((float(tx), float(ty), text))
     if proj.kind == "equal_earth":  # the outline of the world
         edge = np.linspace(-90, 90, 91)
         ring_lat = np.r_[edge, edge[::-1], edge[:1]]
         ring_lon = proj.lon0 + np.r_[np.full(91, -180.0), np.full(91, 180.0), -180.0]
         lines.append(("frame", np.column_stack(proj(ring_lat, ring_lon, wrap=False))))
-    return CellGeometry(proj, np.stack([x, y], axis=-1), frame, lines, base.attribution)
+    centre = ((south + north) / 2, float(wrap_lon((west + east) / 2)))
+    return CellGeometry(
+        proj,
+        np.stack([x, y], axis=-1),
+        frame,
+        lines,
+        base.attribution,
+        _km_per_unit(proj, *centre),
+        ticks,
+    )
+
+
+def great_circle(a: tuple[float, float], b: tuple[float, float], n: int = 64) -> np.ndarray:
+    """(n, 2) lon/lat points along the great circle from a to b (lat, lon degrees)."""
+    pa, pb = latlon_to_xyz(*a), latlon_to_xyz(*b)
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    plat, plon = xyz_to_latlon((1 - t) * pa + t * pb)  # on the chord; normalizing = on the arc
+    return np.column_stack([plon, plat])
 
 
 def _draw(
@@ -213,8 +289,11 @@ def _draw(
     ax.add_collection(coll)
     for layer, width in BASEMAP_STYLE.items():
         segs = [xy for name, xy in geom.basemap if name == layer]
+        style = "dashed" if layer == "graticule" else "solid"
         ax.add_collection(
-            LineCollection(segs, colors=line_colour, linewidths=width, alpha=0.8, zorder=2)
+            LineCollection(
+                segs, colors=line_colour, linewidths=width, linestyles=style, alpha=0.8, zorder=2
+            )
         )
     x0, x1, y0, y1 = geom.frame
     ax.set_xlim(x0, x1)
@@ -222,7 +301,34 @@ def _draw(
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
+    _draw_ticks(ax, geom, "#555555")
+    _draw_scale_bar(ax, geom, "#222222")
     return coll
+
+
+def _draw_ticks(ax: Axes, geom: CellGeometry, colour: str) -> None:
+    """Graticule labels that fall inside the frame."""
+    x0, x1, y0, y1 = geom.frame
+    for x, y, text in geom.ticks:
+        if x0 <= x <= x1 and y0 <= y <= y1:
+            ax.text(x, y, text, fontsize=6, color=colour, ha="left", va="bottom", zorder=2)
+
+
+def scale_bar(geom: CellGeometry) -> tuple[float, float]:
+    """(length in km, length in projected km) of a round scale bar about 1/5 of the frame."""
+    x0, x1, _, _ = geom.frame
+    km = nice_length((x1 - x0) / 5 * geom.km_per_unit)
+    return km, km / geom.km_per_unit
+
+
+def _draw_scale_bar(ax: Axes, geom: CellGeometry, colour: str) -> None:
+    x0, x1, y0, y1 = geom.frame
+    km, length = scale_bar(geom)
+    bx, by = x1 - 0.04 * (x1 - x0) - length, y0 + 0.04 * (y1 - y0)
+    ax.plot([bx, bx + length], [by, by], color=colour, lw=3, solid_capstyle="butt", zorder=7,
+            gid="scalebar")  # fmt: skip
+    ax.text(bx + length / 2, by, f"{km:g} km (at the centre)", color=colour, fontsize=7,
+            ha="center", va="bottom", zorder=7)  # fmt: skip
 
 
 def _figure(geom: CellGeometry, width: float = 9.0) -> tuple[Figure, Axes]:
@@ -254,11 +360,25 @@ def _check_values(cells: CellPartition, values: np.ndarray, what: str) -> np.nda
     return v
 
 
-def _prob_norm(probs: np.ndarray, log: bool) -> Any:
+def prob_norm(log: bool = True) -> Any:
+    """The fixed colour scale of every probability map (see PROB_FLOOR)."""
     from matplotlib.colors import LogNorm, Normalize
 
-    top = float(probs.max()) or 1.0
-    return LogNorm(max(top * 1e-4, 1e-12), top, clip=True) if log else Normalize(0.0, top)
+    return LogNorm(PROB_FLOOR, 1.0, clip=True) if log else Normalize(0.0, 1.0, clip=True)
+
+
+def prob_scale_label(log: bool = True) -> str:
+    """What the colour bar says: the scale and its fixed range."""
+    if log:
+        return f"probability (log scale, fixed {PROB_FLOOR:g} to 1 for every image)"
+    return "probability (linear scale, fixed 0 to 1 for every image)"
+
+
+def cell_label(cells: CellPartition, i: int) -> str:
+    """A cell's token and its most common training city, said as such (the city may lie far
+    from the cell's centre)."""
+    name = str(cells.names[i])
+    return f"{cells.tokens[i]} (most photos near {name})" if name else str(cells.tokens[i])
 
 
 @dataclass
@@ -269,6 +389,8 @@ class CellMap:
     probs: np.ndarray  # (K,) as coloured
     top: np.ndarray  # indices of the outlined, labelled cells, most probable first
     projection: Projection
+    best: tuple[float, float]  # the best guess (lat, lon): the top cell's centroid
+    error_km: float | None  # great-circle distance from the best guess to the truth, if given
 
 
 def probability_map(
@@ -278,21 +400,22 @@ def probability_map(
     lat: float | None = None,
     lon: float | None = None,
     top_k: int = 5,
-    log: bool = False,
+    log: bool = True,
     title: str | None = None,
     path: str | Path | None = None,
     basemap_dir: str | Path | None = None,
 ) -> CellMap:
-    """The model's softmax over all cells: brighter = more probable, top-k cells outlined and
-    numbered (listed at the side), the true location (if given) as a red dot."""
+    """The model's softmax over all cells on a fixed colour scale (see prob_norm): top-k cells
+    outlined and numbered (listed at the side), the best guess as a cross and, given the truth,
+    a red dot joined to the best guess by the great circle, labelled with its length."""
     from matplotlib.collections import PolyCollection
 
     p = _check_values(cells, probs, "the probability vector")
     truth = None if lat is None or lon is None else (float(lat), float(lon))
     geom = cell_geometry(cells, extra=truth, basemap_dir=basemap_dir)
     fig, ax = _figure(geom)
-    ax.set_facecolor("#0b1026")
-    coll = _draw(ax, geom, p, cmap="inferno", norm=_prob_norm(p, log), line_colour="#d8d8d8")
+    ax.set_facecolor(_SEA)
+    coll = _draw(ax, geom, p, cmap=PROB_CMAP, norm=prob_norm(log), line_colour="#9aa3ad")
     top = np.argsort(-p, kind="stable")[: max(top_k, 0)]
     ax.add_collection(
         PolyCollection(
@@ -306,36 +429,52 @@ def probability_map(
             str(rank),
             (x, y),
             color="black",
-            fontsize=8,
+            fontsize=9,
             ha="center",
             va="center",
             zorder=5,
             bbox={"boxstyle": "circle,pad=0.2", "fc": "#36e2ff", "ec": "none"},
         )
-        name = f" {cells.names[i]}" if cells.names[i] else ""
-        lines.append(f"{rank}. {cells.tokens[i]}{name}  p={p[i]:.3f}")
+        lines.append(f"{rank}. {cell_label(cells, i)}  p={p[i]:.3f}")
+    best, error_km = best_guess(cells, p, truth)
+    bx, by = geom.proj(np.array(best[0]), np.array(best[1]))
+    ax.plot(bx, by, "X", ms=10, mfc="#36e2ff", mec="black", zorder=6, label="best guess")
     if truth is not None:
+        for seg in project_lines(geom.proj, [great_circle(best, truth)]):
+            ax.plot(*seg.T, color="red", lw=1.5, ls="--", zorder=6)
         tx, ty = geom.proj(np.array(truth[0]), np.array(truth[1]))
-        ax.plot(tx, ty, "o", ms=7, mfc="red", mec="white", mew=1.2, zorder=6, label="true location")
-        ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
+        ax.plot(tx, ty, "o", ms=7, mfc="red", mec="white", mew=1.2, zorder=6,
+                label=f"true location, {error_km:,.0f} km from the best guess")  # fmt: skip
+    ax.legend(loc="lower left", fontsize=10, framealpha=0.8)
     ax.text(
         1.02,
         1.0,
         "top cells\n" + "\n".join(lines),
         transform=ax.transAxes,
         va="top",
-        fontsize=8,
+        fontsize=10,
         family="monospace",
     )
-    scale = "log scale" if log else "linear scale"
-    fig.colorbar(
-        coll, ax=ax, shrink=0.5, location="bottom", pad=0.02, label=f"probability ({scale})"
-    )
+    fig.colorbar(coll, ax=ax, shrink=0.5, location="bottom", pad=0.02, label=prob_scale_label(log))
     fig.suptitle(title or f"Probability over {len(cells)} cells")
     ax.set_title(f"{geom.proj.label}; boundaries: Natural Earth", loc="left", fontsize=7)
     if path is not None:
         save_figure(fig, path)
-    return CellMap(fig, p, top, geom.proj)
+    return CellMap(fig, p, top, geom.proj, best, error_km)
+
+
+_SEA = "#c9d6e3"  # the map's background: black (improbable) cells stand out from it
+
+
+def best_guess(
+    cells: CellPartition, p: np.ndarray, truth: tuple[float, float] | None
+) -> tuple[tuple[float, float], float | None]:
+    """The best guess (the top cell's centroid, as Predictor reports it) and its error in km."""
+    i = int(np.argmax(p))
+    best = (float(cells.centroid_lat[i]), float(cells.centroid_lon[i]))
+    if truth is None:
+        return best, None
+    return best, float(haversine_km(best[0], best[1], truth[0], truth[1]))
 
 
 def cell_value_map(
@@ -375,7 +514,7 @@ def probability_map_html(
     lat: float | None = None,
     lon: float | None = None,
     top_k: int = 5,
-    log: bool = False,
+    log: bool = True,
     title: str | None = None,
     path: str | Path | None = None,
     basemap_dir: str | Path | None = None,
@@ -388,8 +527,8 @@ def probability_map_html(
     p = _check_values(cells, probs, "the probability vector")
     truth = None if lat is None or lon is None else (float(lat), float(lon))
     geom = cell_geometry(cells, extra=truth, basemap_dir=basemap_dir)
-    norm = _prob_norm(p, log)
-    rgba = colormaps["inferno"](norm(p))
+    norm = prob_norm(log)
+    rgba = colormaps[PROB_CMAP](norm(p))
     colours = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in (rgba[:, :3] * 255).round().astype(int)]
     top = np.argsort(-p, kind="stable")[: max(top_k, 0)]
     xy = geom.xy * np.array([1.0, -1.0])  # SVG y grows downwards
@@ -403,6 +542,16 @@ def probability_map_html(
         for layer, line in geom.basemap
     )
     top_svg = "".join(f'<path d="{_svg_path(xy[i])}"/>' for i in top)
+    best, error_km = best_guess(cells, p, truth)
+    line_svg = (
+        ""
+        if truth is None
+        else "".join(
+            f'<path class="truthline" d="{_svg_path(seg * [1.0, -1.0], closed=False)}"/>'
+            for seg in project_lines(geom.proj, [great_circle(best, truth)])
+        )
+    )
+    bar_km, bar_len = scale_bar(geom)
     data = {
         "tokens": [str(t) for t in cells.tokens],
         "names": [str(n) for n in cells.names],
@@ -410,9 +559,13 @@ def probability_map_html(
         "top": [int(i) for i in top],
         "centers": [[round(float(a), 1), round(float(b), 1)] for a, b in xy.mean(axis=1)],
         "truth": None if truth is None else [round(float(v), 1) for v in _svg_point(geom, truth)],
+        "best": [round(float(v), 1) for v in _svg_point(geom, best)],
+        "error_km": None if error_km is None else round(error_km, 1),
+        "scalebar": [bar_km, round(bar_len, 1)],
+        "ticks": [[round(x, 1), round(-y, 1), t] for x, y, t in geom.ticks],
         "viewBox": [x0, -y1, x1 - x0, y1 - y0],
-        "gradient": [_hex(colormaps["inferno"](t)) for t in np.linspace(0, 1, 11)],
-        "scale": ["log" if log else "linear", float(norm.vmin), float(norm.vmax)],
+        "gradient": [_hex(colormaps[PROB_CMAP](t)) for t in np.linspace(0, 1, 11)],
+        "scale": [prob_scale_label(log), float(norm.vmin), float(norm.vmax)],
     }
     page = (
         resources.files("geovit")
@@ -423,6 +576,7 @@ def probability_map_html(
         .replace("__CELLS__", cells_svg)
         .replace("__BASEMAP__", base_svg)
         .replace("__TOP__", top_svg)
+        .replace("__TRUTHLINE__", line_svg)
         .replace("__DATA__", json.dumps(data).replace("</", "<\\/"))
     )
     if path is not None:
@@ -453,7 +607,7 @@ def map_image(
     lat: float | None = None,
     lon: float | None = None,
     top_k: int = 5,
-    log: bool = False,
+    log: bool = True,
     png: str | Path | None = None,
     html_path: str | Path | None = None,
     title: str | None = None,

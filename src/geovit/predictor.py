@@ -24,6 +24,7 @@ from PIL import Image
 
 from geovit.cells import CellPartition
 from geovit.data.images import build_transform, load_image
+from geovit.data.manifest import ZIP_SEP, open_zip, split_ref
 from geovit.errors import GeovitError
 from geovit.metrics import topk_indices
 
@@ -195,8 +196,24 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> P
     return Predictor.from_checkpoint(path, device=device)
 
 
+def _zip_images(ref: str) -> list[str]:
+    """Every image inside a zip (OSV-5M's 00.zip, ...) as "ARCHIVE.zip::member" references, or
+    just `ref` when it names one member; GeovitError when the archive or member is missing."""
+    archive, member = split_ref(ref)
+    names = open_zip(archive).namelist()
+    if member is not None:
+        if member not in names:
+            raise GeovitError(f"no member {member!r} in {archive}")
+        return [ref]
+    found = [f"{archive}{ZIP_SEP}{n}" for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+    if not found:
+        raise GeovitError(f"archive has no images ({', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
 def expand_images(args: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files, folders (recursively, image suffixes) and glob patterns -> image paths in order.
+    """Files, folders (recursively, image suffixes), glob patterns, zip archives (every image
+    inside) and "ARCHIVE.zip::member" references -> image references in order.
 
     Returns (paths, problems): an argument matching nothing is a (arg, reason) problem, not an
     exception, so the other images can still be predicted.
@@ -205,7 +222,13 @@ def expand_images(args: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]
     problems: list[tuple[str, str]] = []
     for arg in args:
         p = Path(arg).expanduser()
-        if p.is_dir():
+        if ZIP_SEP in arg or (p.is_file() and p.suffix.lower() == ".zip"):
+            try:
+                found = _zip_images(str(p))
+            except GeovitError as exc:
+                found = []
+                problems.append((arg, str(exc)))
+        elif p.is_dir():
             found = sorted(
                 str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
             )

@@ -11,6 +11,11 @@ distribution (quartiles), so every model gets examples, and each image appears a
   200 km of the true location is > 0 and >= its 75th percentile (most mass first).
 - diffuse: entropy >= its 75th percentile and top-1 probability <= its median (highest entropy
   first).
+
+Examples come from different sequences (drives) when the manifest has a `sequence` column: two
+frames of one drive would show the same scene twice. The page also shows the baselines (chance,
+always the most common training cell), the run's training curves (its logs/*/metrics.csv, when
+the checkpoint sits in its run folder) and a warning when the data are synthetic.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from geovit.data.synth import SYNTHETIC_NOTICE
 from geovit.errors import GeovitError
 from geovit.evaluation import evaluate as run_evaluation
 from geovit.evaluation import (
+    majority_baseline,
+    pct,
     reliability_png,
     split_rows,
     stream_logits,
@@ -64,12 +72,14 @@ def example_stats(
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Per image of `rows` (readable ones): row, label, top1, p1, correct, entropy (nats) and
-    mass_near_truth (probability on cells whose centroid is < 200 km from the true location)."""
+    """Per image of `rows` (readable ones): row, label, top1, p1, correct, entropy (nats),
+    mass_near_truth (probability on cells whose centroid is < 200 km from the true location)
+    and sequence (the row's drive when `rows` has a sequence column, else the row itself)."""
     cells = predictor.cells
     lat = rows["latitude"].to_numpy(np.float64)
     lon = rows["longitude"].to_numpy(np.float64)
     labels = cells.assign(lat, lon)
+    seq = rows["sequence"].to_numpy() if "sequence" in rows else np.arange(len(rows))
     parts = []
     for idx, logits, _ in stream_logits(predictor, rows, batch_size=batch_size, progress=progress):
         if logits is None:
@@ -88,6 +98,7 @@ def example_stats(
                     "correct": top1 == labels[idx],
                     "entropy": -(p * logp).sum(axis=1),
                     "mass_near_truth": (p * (near < CONCENTRATION_RADIUS_KM)).sum(axis=1),
+                    "sequence": seq[idx],
                 }
             )
         )
@@ -97,7 +108,8 @@ def example_stats(
 
 
 def pick_examples(stats: pd.DataFrame, per_kind: int = 2) -> dict[str, list[int]]:
-    """Rows of `stats` chosen for each kind (see the module docstring); no image twice."""
+    """Rows of `stats` chosen for each kind (see the module docstring); no image twice and, when
+    stats has a sequence column, no two images of one sequence."""
     q = stats[["p1", "entropy", "mass_near_truth"]].quantile(0.75)
     wrong = ~stats["correct"]
     rules = {
@@ -115,13 +127,18 @@ def pick_examples(stats: pd.DataFrame, per_kind: int = 2) -> dict[str, list[int]
         ),
     }
     used: set[int] = set()
+    seen: set[Any] = set()
     out = {}
     for kind, (mask, key) in rules.items():
         ranked = stats[mask & ~stats.index.isin(list(used))].sort_values(
             key, ascending=False, kind="stable"
         )
+        if "sequence" in ranked:
+            ranked = ranked[~ranked["sequence"].isin(list(seen))].drop_duplicates("sequence")
         out[kind] = [int(i) for i in ranked.index[:per_kind]]
         used.update(out[kind])
+        if "sequence" in stats:
+            seen.update(stats.loc[out[kind], "sequence"])
     return out
 
 
@@ -133,6 +150,39 @@ def cell_accuracy(stats: pd.DataFrame, num_cells: int) -> np.ndarray:
         inside["label"], weights=inside["correct"].astype(float), minlength=num_cells
     )
     return np.divide(hits, n, out=np.full(num_cells, np.nan), where=n > 0)
+
+
+def training_log(run_dir: str | Path) -> pd.DataFrame | None:
+    """Per-epoch means of the newest logs/version_*/metrics.csv (Lightning's CSVLogger) in a run
+    folder; None when there is none."""
+    found = sorted(
+        Path(run_dir).glob("logs/version_*/metrics.csv"), key=lambda p: p.stat().st_mtime
+    )
+    if not found:
+        return None
+    log = pd.read_csv(found[-1])
+    if "epoch" not in log or log.empty:
+        return None
+    return log.drop(columns=["step"], errors="ignore").groupby("epoch").mean()
+
+
+def training_curves_png(log: pd.DataFrame) -> bytes:
+    """Loss (train and val) and val top-1 accuracy per epoch, one panel each."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for col, name in (("train/loss_epoch", "train"), ("val/loss", "val")):
+        if col in log and log[col].notna().any():
+            ax_loss.plot(log.index, log[col], "o-", label=name)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_loss.legend()
+    for col, name in (("train/acc", "train top-1"), ("val/acc1", "val top-1")):
+        if col in log and log[col].notna().any():
+            ax_acc.plot(log.index, log[col], "o-", label=name)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="cell accuracy")
+    ax_acc.legend()
+    return figure_bytes(fig)
 
 
 def _data_uri(png: bytes) -> str:
@@ -208,12 +258,16 @@ def build_report(
     batch_size: int = 64,
     title: str = "GeoViT report",
     progress: Callable[[int], None] | None = None,
+    run_dir: str | Path | None = None,
+    synthetic: bool = False,
     **occlusion: Any,
 ) -> Path:
     """Write OUT/report.html (and OUT/metrics.json when the metrics are computed here).
 
     `metrics`: a metrics dict from an earlier `geovit evaluate` (skips that pass); `occlusion`:
-    patch, stride, fill, fast, batch_size options for the gallery's heatmaps.
+    patch, stride, fill, fast, batch_size options for the gallery's heatmaps; `run_dir`: the
+    training run folder whose logs give the training curves; `synthetic`: the data are a
+    geovit synthetic world (the page then says so at the top).
     """
     out = Path(out_dir)
     rows = split_rows(manifest, split)
@@ -233,7 +287,15 @@ def build_report(
     )
     reliability = _data_uri(reliability_png(metrics))
     gallery = _gallery(predictor, rows, stats, pick_examples(stats, per_kind), **occlusion)
-    page = _page(title, metrics, reliability, _data_uri(figure_bytes(acc_map)), gallery, len(stats))
+    log = None if run_dir is None else training_log(run_dir)
+    context = {
+        "synthetic": synthetic,
+        "baselines": majority_baseline(manifest, predictor.cells, split),
+        "curves": None if log is None else _data_uri(training_curves_png(log)),
+    }
+    page = _page(
+        title, metrics, reliability, _data_uri(figure_bytes(acc_map)), gallery, len(stats), context
+    )
     return write_text(out / "report.html", page)
 
 
@@ -246,8 +308,9 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; } th { back
 img { max-width: 100%; } figure { margin: 0 0 28px; }
 .pair { display: flex; gap: 12px; flex-wrap: wrap; align-items: flex-start; }
 .pair img { flex: 1 1 480px; min-width: 0; }
-figcaption { font-size: 13px; color: #444; margin-bottom: 6px; }
+figcaption { font-size: 16px; color: #222; margin-bottom: 6px; }
 .note { color: #666; font-size: 13px; }
+.warning { background: #fff3cd; border: 1px solid #e0b400; padding: 8px 12px; border-radius: 4px; }
 """
 
 
@@ -265,16 +328,42 @@ def _page(
     acc_map: str,
     gallery: list[GalleryItem],
     n_scanned: int,
+    context: dict[str, Any],
 ) -> str:
     esc = html.escape
+    top1 = m["cell_accuracy"]["all_images"]["top1"]
+    b = context["baselines"]
+    baselines = _table(
+        "Baselines (same split)",
+        ["", "top-1 cell accuracy", "within 200 km"],
+        [
+            ["this model", pct(top1), pct(m["distance"]["accuracy_within_km"].get("200"))],
+            ["always the most common training cell", pct(b["majority_top1"]),
+             pct(b["majority_within_200km"])],
+            ["chance (uniform over cells)", pct(b["chance_top1"]), ""],
+        ],
+    )  # fmt: skip
+    warning = (
+        f"<p class='warning' id='synthetic-warning'>{esc(SYNTHETIC_NOTICE.replace('**', ''))}</p>"
+        if context["synthetic"]
+        else ""
+    )
+    curves = (
+        f"<h2>Training curves</h2><img src='{context['curves']}' alt='training curves'>"
+        if context["curves"]
+        else ""
+    )
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
         f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
+        warning,
         f"<p class='note'>Generated {esc(time.strftime('%Y-%m-%d %H:%M'))} · split "
         f"{esc(str(m.get('split')))} · {n_scanned} images scanned for the gallery · "
         f"distances: {esc(str(m['distance']['convention']))}</p>",
         "<h2>Metrics</h2>",
         *(_table(*t) for t in summary_tables(m)),
+        baselines,
+        curves,
         "<h2>Reliability diagram</h2>",
         f"<img src='{reliability}' alt='reliability diagram' style='max-width:520px'>",
         "<h2>Accuracy per cell</h2>",

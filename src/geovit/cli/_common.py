@@ -55,7 +55,7 @@ THREADS = typer.Option(
     None,
     "--threads",
     min=1,
-    help="torch intra-op threads (default: usable cores // (workers + 1), at least 1).",
+    help="torch intra-op threads (default: usable cores // (devices x (workers + 1)), >= 1).",
 )
 IMAGE_COL = typer.Option(None, "--image-col", help="Table column of image paths (tables only).")
 LAT_COL = typer.Option(None, "--lat-col", help="Table column of latitudes (tables only).")
@@ -67,24 +67,24 @@ IMAGE_TEMPLATE = typer.Option(
 )
 
 
-def default_threads(workers: int) -> int:
-    """One share of the usable cores per DataLoader worker and one for the main process.
+def default_threads(workers: int, processes: int = 1) -> int:
+    """The usable cores shared by each training process and its DataLoader workers.
 
     torch's default (every core for intra-op work) oversubscribes a machine whose workers decode
     images at the same time; on a shared 2-core machine it ran ~3x slower than 1 thread.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // (max(workers, 0) + 1))
+    return max(1, (cores or 1) // (max(processes, 1) * (max(workers, 0) + 1)))
 
 
-def set_threads(threads: int | None, workers: int = 0) -> int:
+def set_threads(threads: int | None, workers: int = 0, processes: int = 1) -> int:
     """Set torch's intra-op threads (`--threads`, else default_threads); returns the count.
 
-    OMP_NUM_THREADS is set too so Lightning's CPU DDP launcher keeps the choice.
+    OMP_NUM_THREADS is set too, so Lightning's DDP launcher keeps the choice in every process.
     """
     import torch
 
-    n = threads or default_threads(workers)
+    n = threads or default_threads(workers, processes)
     torch.set_num_threads(n)
     os.environ["OMP_NUM_THREADS"] = str(n)
     return n

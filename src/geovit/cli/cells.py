@@ -11,9 +11,14 @@ from geovit.cells import T1_DEFAULT, T2_DEFAULT, CellPartition
 from geovit.cli._app import app
 from geovit.cli._common import (
     DATA_FORMAT,
+    IMAGE_COL,
+    IMAGE_TEMPLATE,
+    LAT_COL,
+    LON_COL,
     SPLIT_SEED,
     VAL_FRACTION,
     VAL_SPLIT,
+    TableColumns,
     console,
     friendly,
     load_split_manifest,
@@ -58,13 +63,34 @@ def build(
     min_level: int = typer.Option(0, "--min-level", help="Split every cell down to this level."),
     max_level: int = typer.Option(MAX_LEVEL, "--max-level", help="Never split below this level."),
     fmt: str = DATA_FORMAT,
+    image_col: str = IMAGE_COL,
+    lat_col: str = LAT_COL,
+    lon_col: str = LON_COL,
+    image_template: str = IMAGE_TEMPLATE,
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
+    every_point: bool = typer.Option(
+        False, "--all", help="Partition every point (no val/test held out): not for training."
+    ),
 ) -> None:
-    """Build the adaptive cells from the train split of DATA and write them to --out."""
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
-    train = manifest[manifest["split"] == "train"]
+    """Build the adaptive cells from the train split of DATA and write them to --out.
+
+    DATA may hold coordinates only (no images): a table with latitude/longitude columns.
+    """
+    # --all holds nothing out, and partitions the rows of every split the data has
+    no_holdout = {"test_fraction": 0.0} if every_point else {}
+    manifest, _ = load_split_manifest(
+        data,
+        fmt,
+        0.0 if every_point else val_fraction,
+        val_split,
+        split_seed,
+        TableColumns(image_col, lat_col, lon_col, image_template),
+        need_images=False,
+        **no_holdout,
+    )
+    train = manifest if every_point else manifest[manifest["split"] == "train"]
     if train.empty:
         raise GeovitError(f"{data} has no train records to build cells from; check its splits")
     cells = CellPartition.build(

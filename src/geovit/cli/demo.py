@@ -13,9 +13,14 @@ from geovit.cli._common import (
     CHECKPOINT,
     DATA,
     DATA_FORMAT,
+    IMAGE_COL,
+    IMAGE_TEMPLATE,
+    LAT_COL,
+    LON_COL,
     SPLIT_SEED,
     VAL_FRACTION,
     VAL_SPLIT,
+    TableColumns,
     console,
     friendly,
     load_split_manifest,
@@ -78,6 +83,10 @@ def card(
     ),
     name: str = typer.Option(None, help="Dataset name for the documents (default: the folder)."),
     fmt: str = DATA_FORMAT,
+    image_col: str = IMAGE_COL,
+    lat_col: str = LAT_COL,
+    lon_col: str = LON_COL,
+    image_template: str = IMAGE_TEMPLATE,
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
@@ -88,7 +97,8 @@ def card(
     from geovit.evaluation import evaluate
     from geovit.predictor import Predictor
 
-    manifest, report = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    manifest, report = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     ckpt = load_checkpoint(checkpoint)
     if metrics is None:
         scores = evaluate(Predictor.from_loaded(ckpt), manifest, "test")

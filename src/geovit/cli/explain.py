@@ -12,13 +12,20 @@ from geovit.cli._common import (
     CHECKPOINT,
     DATA,
     DATA_FORMAT,
+    IMAGE_COL,
+    IMAGE_TEMPLATE,
+    LAT_COL,
+    LON_COL,
     SPLIT_SEED,
+    THREADS,
     VAL_FRACTION,
     VAL_SPLIT,
+    TableColumns,
     console,
     friendly,
     load_split_manifest,
     read_metrics,
+    set_threads,
     track,
 )
 from geovit.errors import GeovitError
@@ -29,8 +36,12 @@ LON = typer.Option(None, help="True longitude of the photo (degrees).")
 LOCATION_DATA = typer.Option(
     None, "--data", "-d", help="Dataset whose manifest gives the photo's true location."
 )
-PATCH = typer.Option(32, help="Occluding patch size in model-input pixels.")
-STRIDE = typer.Option(8, help="Step between patch positions (pixels).")
+PATCH = typer.Option(
+    None, help="Occluding patch size in model-input pixels [default: 1/7 of the input, 32 at 224]."
+)
+STRIDE = typer.Option(
+    None, help="Step between patch positions in pixels [default: 1/28 of the input, 8 at 224]."
+)
 FILL = typer.Option("mean", help="Patch colour: 'mean' (dataset mean) or R,G,B in 0-255.")
 FAST = typer.Option(False, "--fast", help="bf16 autocast + channels_last (about 2x faster).")
 BASEMAP = typer.Option(
@@ -72,11 +83,12 @@ def explain(
     lat: float = LAT,
     lon: float = LON,
     data: Path = LOCATION_DATA,
-    patch: int = PATCH,
-    stride: int = STRIDE,
+    patch: int | None = PATCH,
+    stride: int | None = STRIDE,
     fill: str = FILL,
     fast: bool = FAST,
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Occluded copies per forward."),
+    threads: int = THREADS,
 ) -> None:
     """Occlusion heatmap: which parts of the photo the target cell's probability depends on."""
     from geovit.explain import explain_image, render_explanation
@@ -85,6 +97,7 @@ def explain(
     lat, lon = _location(lat, lon, image, data)
     if target not in (None, "true", "top"):
         raise GeovitError(f"--target {target!r} must be 'true' or 'top'")
+    set_threads(threads)
     predictor = Predictor.from_checkpoint(checkpoint)
     expl = explain_image(
         predictor,
@@ -118,7 +131,9 @@ def map_command(
     lon: float = LON,
     data: Path = LOCATION_DATA,
     top_k: int = typer.Option(5, "--top-k", "-k", help="Cells outlined and labelled."),
-    log: bool = typer.Option(False, "--log", help="Logarithmic colour scale."),
+    log: bool = typer.Option(
+        True, "--log/--linear", help="Colour scale: log 1e-4..1 or linear 0..1 (fixed for all)."
+    ),
     basemap: Path = BASEMAP,
 ) -> None:
     """Probability map: the model's softmax over all cells, top cells labelled, truth in red."""
@@ -165,13 +180,19 @@ def report(
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
-    patch: int = PATCH,
-    stride: int = STRIDE,
+    patch: int | None = PATCH,
+    stride: int | None = STRIDE,
     fill: str = FILL,
     fast: bool = FAST,
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
+    threads: int = THREADS,
+    image_col: str = IMAGE_COL,
+    lat_col: str = LAT_COL,
+    lon_col: str = LON_COL,
+    image_template: str = IMAGE_TEMPLATE,
 ) -> None:
     """One self-contained HTML page: metrics, reliability, accuracy map and an example gallery."""
+    from geovit.data.synth import is_synthetic_world
     from geovit.explain import parse_fill
     from geovit.predictor import Predictor
     from geovit.report import build_report
@@ -179,9 +200,11 @@ def report(
     if examples < 0:
         raise GeovitError(f"--examples {examples} must be >= 0")
     given = read_metrics(metrics) if metrics is not None else None
+    set_threads(threads)
     predictor = Predictor.from_checkpoint(checkpoint)
     parse_fill(fill, predictor.mean, predictor.std)  # fail before the long passes
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     with track(f"scoring {split}", int((manifest["split"] == split).sum())) as advance:
         page = build_report(
             predictor,
@@ -193,6 +216,8 @@ def report(
             batch_size=batch_size,
             title=f"GeoViT report: {checkpoint.name} on {data.name} ({split})",
             progress=advance,
+            run_dir=checkpoint.parent,
+            synthetic=is_synthetic_world(data),
             patch=patch,
             stride=stride,
             fill=fill,

@@ -11,14 +11,23 @@ from geovit.cli._app import app
 from geovit.cli._common import (
     DATA,
     DATA_FORMAT,
+    IMAGE_COL,
+    IMAGE_TEMPLATE,
+    LAT_COL,
+    LON_COL,
     SPLIT_SEED,
+    THREADS,
     VAL_FRACTION,
     VAL_SPLIT,
+    TableColumns,
     console,
+    err_console,
     friendly,
     load_split_manifest,
+    set_threads,
 )
 from geovit.errors import GeovitError
+from geovit.monitor import Monitor
 
 
 @app.command("train")
@@ -29,13 +38,28 @@ def train(
         None, "--cells", help="cells.parquet from `geovit cells build` (not with --resume)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, model.pt."),
-    preset: str = typer.Option("seed", help="Model preset: seed (the design, GPU) or small (CPU)."),
+    preset: str = typer.Option(
+        "seed",
+        help="Model defaults: seed (the design, GPU), small (CPU), lite (EfficientNet-Lite0 with "
+        "offline ImageNet weights from geovit[lite]); --cnn/--vit/--arch override them.",
+    ),
+    arch: str = typer.Option(
+        None, help="hybrid (CNN -> ViT, the design), cnn or vit alone (default: hybrid)."
+    ),
+    cnn: str = typer.Option(None, "--cnn", help="timm CNN name (default: the preset's)."),
+    vit: str = typer.Option(None, "--vit", help="timm ViT name (default: the preset's)."),
     image_size: int = typer.Option(None, help="Input size in pixels (default: the preset's)."),
     pretrained: bool = typer.Option(
-        True, help="ImageNet weights via timm download (local --*-weights files win)."
+        True,
+        help="Real weights for both parts: a local file, an installed package or timm's "
+        "download (--pretrained-cnn/-vit decide one part).",
+    ),
+    pretrained_cnn: bool = typer.Option(None, help="Real CNN weights (default: --pretrained)."),
+    pretrained_vit: bool = typer.Option(
+        None, help="Real ViT weights (default: --pretrained; the lite preset: no)."
     ),
     cnn_weights: Path = typer.Option(None, help="Local CNN weights (.safetensors/.pth)."),
-    vit_weights: Path = typer.Option(None, help="Local ViT weights (.safetensors/.pth/.npz)."),
+    vit_weights: Path = typer.Option(None, help="Local ViT weights (.safetensors/.pth)."),
     epochs: int = typer.Option(23, help="Total epochs over all three stages."),
     freeze_epochs: int = typer.Option(3, help="Stage 1 (all layers) starts at this epoch."),
     cnn_refreeze_epoch: int = typer.Option(20, help="Stage 2 (CNN frozen) starts at this epoch."),
@@ -50,6 +74,12 @@ def train(
     channels_last: bool = typer.Option(False, help="channels_last memory format for the CNN."),
     hflip: bool = typer.Option(False, help="Random horizontal flips (swap driving sides!)."),
     workers: int = typer.Option(4, help="DataLoader worker processes per device."),
+    threads: int = THREADS,
+    monitor: Monitor = typer.Option(
+        None,
+        help="Validation metric whose best epoch is kept as model.pt "
+        "(default: TrainConfig.monitor, measured best on real photos).",
+    ),
     accelerator: str = typer.Option("auto", help="auto, cpu, gpu, ..."),
     devices: str = typer.Option("1", help="Devices per node (e.g. 4, or auto)."),
     num_nodes: int = typer.Option(1, help="Nodes (DDP; launch with torchrun or srun)."),
@@ -58,9 +88,16 @@ def train(
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
     fmt: str = DATA_FORMAT,
+    image_col: str = IMAGE_COL,
+    lat_col: str = LAT_COL,
+    lon_col: str = LON_COL,
+    image_template: str = IMAGE_TEMPLATE,
     limit_train_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     limit_val_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
+    overwrite: bool = typer.Option(
+        False, help="Replace the run already in --out (its checkpoints, model.pt and logs)."
+    ),
     progress: bool = typer.Option(True, help="Rich progress bars."),
 ) -> None:
     """Train GeoViT on DATA's train split (three stages), validating on its val split."""
@@ -92,7 +129,12 @@ def train(
         seed=seed,
         limit_train_batches=_batches(limit_train_batches),
         limit_val_batches=_batches(limit_val_batches),
+        **({"monitor": monitor.value} if monitor else {}),
     )
+    if (note := config.stage_warning()) is not None:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    processes = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
+    set_threads(threads, workers, processes)
     if resume is not None:
         model_cfg, cells = resume_model(resume)
         console.print(f"resuming {resume}: model and cells come from the checkpoint")
@@ -100,35 +142,84 @@ def train(
         raise GeovitError("--cells is required: pass the cells.parquet from `geovit cells build`")
     else:
         cells = CellPartition.load(cells_path)
-        overrides = {"image_size": image_size} if image_size else {}
         model_cfg = model_config(
             preset,
             len(cells),
+            arch=arch,
+            cnn=cnn,
+            vit=vit,
             pretrained=pretrained,
+            cnn_pretrained=pretrained_cnn,
+            vit_pretrained=pretrained_vit,
             cnn_weights=str(cnn_weights) if cnn_weights else None,
             vit_weights=str(vit_weights) if vit_weights else None,
-            **overrides,
+            image_size=image_size,
         )
     from geovit.data.shards import is_shards
 
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     build = build_datamodule
     if is_shards(data):  # streamed from the shards
         from geovit.streaming import build_shard_datamodule
 
         build = functools.partial(build_shard_datamodule, root=data)
     result, data_report = run_training(
-        manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build
-    )
+        manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build,
+        notify=rank_zero_only(lambda line: console.print(line, highlight=False, soft_wrap=True)),
+        overwrite=overwrite,
+    )  # fmt: skip
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
     for line in data_report.lines():
         console.print(line, highlight=False)
+    bad = ", ".join(f"{k.split('/')[0]} {v}" for k, v in result.bad_images.items() if v)
+    if bad:
+        console.print(f"unreadable images skipped in the last epoch: {bad} (see the warnings)")
+    if result.interrupted:
+        _report_interrupt(result)
     best = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best.items()))
-    console.print(f"best epoch: {best}", highlight=False)
+    kept = result.kept
+    console.print(
+        f"kept epoch {kept['epoch']} as model.pt: its {kept['monitor']} = {kept['value']:.4g} "
+        f"was the {'highest' if kept['mode'] == 'max' else 'lowest'} (--monitor)",
+        highlight=False,
+    )
+    console.print(f"metrics of that epoch: {best}", highlight=False)
     console.print(
         f"checkpoints: {result.best_ckpt}, {result.last_ckpt}; model: {result.model_path}"
     )
+
+
+def resume_command(argv: list[str], last_ckpt: Path) -> str:
+    """The command line that continues an interrupted run: the same one with --resume."""
+    import shlex
+
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith(("--resume=", "--overwrite", "--no-overwrite")):
+            kept.append(arg)
+    return shlex.join(["geovit", *kept, "--resume", str(last_ckpt)])
+
+
+def _report_interrupt(result) -> None:
+    """After Ctrl-C/SIGTERM: say what was kept and how to continue, exit 130."""
+    import sys
+
+    if not result.last_ckpt.is_file():
+        err_console.print("interrupted before the first epoch completed: nothing was saved")
+        raise typer.Exit(130)
+    err_console.print(
+        f"interrupted: {result.last_ckpt} holds the last complete epoch and {result.model_path} "
+        f"the best one; resume with:\n  {resume_command(sys.argv[1:], result.last_ckpt)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(130)
 
 
 def _batches(value: float) -> int | float:

@@ -22,15 +22,17 @@ from torchvision.io import decode_image as tv_decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from geovit.data.manifest import read_image_bytes
+from geovit.data.manifest import IMAGE_FORMATS, read_image_bytes
 from geovit.errors import GeovitError
 
 __all__ = [
+    "IMAGE_FORMATS",
     "ImageDataset",
     "build_transform",
     "collate_skip_bad",
     "decode_image",
     "load_image",
+    "open_image",
     "read_image_bytes",
 ]
 
@@ -43,26 +45,62 @@ TRAIN_RELATIVE_RATIO = (0.8, 1.25)
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2}
 
 
+TORCHVISION_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")  # libjpeg-turbo/libpng/libwebp: faster
+# A progressive JPEG has about 10 scans; a crafted one with thousands makes libjpeg re-run the
+# whole image per scan (seconds of CPU for a few hundred KB), so more are refused unread.
+MAX_JPEG_SCANS = 100
+SOS_MARKER = b"\xff\xda"  # entropy-coded data stuffs 0xFF with 0x00: only markers match
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Pillow's lazy handle on encoded bytes (header parsed, pixels not decoded), restricted
+    to IMAGE_FORMATS. Raises GeovitError for empty bytes or any other format; lets Pillow's
+    DecompressionBombError through (the server answers it with its own status)."""
+    if not data:
+        raise GeovitError("the image is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise GeovitError(
+            f"cannot decode image ({len(data)} bytes): not an accepted format (geovit reads "
+            f"{', '.join(IMAGE_FORMATS)}); convert it to JPEG or PNG"
+        ) from exc
+    if img.format in ("JPEG", "MPO") and (scans := data.count(SOS_MARKER)) > MAX_JPEG_SCANS:
+        img.close()
+        raise GeovitError(
+            f"JPEG with {scans} scans, over the {MAX_JPEG_SCANS}-scan limit (a normal progressive "
+            "JPEG has about 10): re-encode it"
+        )
+    return img
+
+
 def decode_image(data: bytes) -> torch.Tensor:
     """Encoded image bytes -> uint8 (3, H, W) RGB, EXIF orientation applied.
 
-    Grayscale, RGBA and CMYK inputs are converted to RGB. Raises GeovitError when neither
-    torchvision nor Pillow can decode the bytes.
+    Grayscale, RGBA, CMYK and 16-bit inputs are converted to 8-bit RGB. Any failure (empty,
+    not an accepted format, damaged) is a GeovitError, so callers count it as one bad record.
     """
-    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    img = open_image(data)
     try:
-        return tv_decode_image(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError:
-        pass  # a format torchvision lacks (BMP, TIFF, ...) or a damaged file: ask Pillow
-    try:
-        return pil_to_uint8(Image.open(io.BytesIO(data)))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        if img.format in TORCHVISION_FORMATS:
+            try:
+                buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                out = tv_decode_image(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                return TF.to_dtype(out, torch.uint8, scale=True)  # 16-bit PNG -> 8 bits
+            except RuntimeError:
+                pass  # a damaged file or a variant torchvision lacks: ask Pillow
+        return pil_to_uint8(img)
+    except Exception as exc:  # any decoder failure is one bad image, never a crash
         raise GeovitError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
+    finally:
+        img.close()
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
     """A PIL image (any mode) -> uint8 (3, H, W) RGB with EXIF orientation applied."""
     img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L"):  # convert("RGB") would clip 16 bits to white
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().astype(np.uint8))
     return TF.pil_to_tensor(img.convert("RGB"))
 
 
@@ -72,7 +110,12 @@ def load_image(src: Image.Image | str | os.PathLike | bytes) -> torch.Tensor:
         return pil_to_uint8(src)
     if isinstance(src, bytes | bytearray):
         return decode_image(bytes(src))
-    return decode_image(read_image_bytes(str(src)))
+    try:
+        return decode_image(read_image_bytes(str(src)))
+    except GeovitError as exc:
+        if str(src) in str(exc):  # read errors already name the file
+            raise
+        raise GeovitError(f"{src}: {exc}") from None
 
 
 class AspectRandomResizedCrop:

@@ -12,6 +12,7 @@ import io
 import os
 import string
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ FORMATS = ("auto", "osv5m", "osv-mini", "table", "exif")
 VAL_SPLITS = ("random", "sequence", "spatial")
 ZIP_SEP = "::"
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+# The image formats geovit decodes, checked from the header before any decoder runs: nothing
+# else reaches Pillow's other plugins (EPS would run Ghostscript). Pillow's JPEG plugin also
+# opens the multi-picture JPEGs many phones write (their format reads "MPO").
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 KM_PER_DEGREE = 6371.0 * np.pi / 180.0
 
@@ -63,6 +68,7 @@ REASONS = {
     "duplicate_id": "id seen before (first kept)",
     "unknown_split": "split value not train/val/test",
     "no_gps": "JPEG without EXIF GPS position",
+    "bad_gps_ref": "EXIF GPS hemisphere (N/S or E/W) missing or invalid",
     "missing_image": "image file or archive member not found",
     "unreadable_image": "image cannot be decoded",
 }
@@ -162,7 +168,10 @@ def read_image_bytes(ref: str) -> bytes:
     path, member = split_ref(ref)
     try:
         return open_zip(path).read(member) if member is not None else Path(path).read_bytes()
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+            NotImplementedError) as exc:  # fmt: skip
+        # zlib.error/EOFError: damaged member; RuntimeError: encrypted; NotImplementedError:
+        # a compression method zipfile lacks
         raise GeovitError(f"cannot read image {ref}: {exc}") from exc
 
 
@@ -181,10 +190,10 @@ def _image_exists(ref: str, members: dict[str, set[str]]) -> bool:
 def _image_readable(ref: str) -> bool:
     """Decode at reduced JPEG scale (draft mode): catches truncated files at ~1/10 the cost."""
     try:
-        with Image.open(io.BytesIO(read_image_bytes(ref))) as im:
+        with Image.open(io.BytesIO(read_image_bytes(ref)), formats=IMAGE_FORMATS) as im:
             im.draft("RGB", (64, 64))
             im.load()
-    except (GeovitError, OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except Exception:  # any decoder failure makes the record unreadable, never a crash
         return False
     return True
 
@@ -192,11 +201,30 @@ def _image_readable(ref: str) -> bool:
 # --------------------------------------------------------------------------------- readers
 
 
-def _walk_sorted(folder: Path) -> Iterable[tuple[str, list[str]]]:
-    """(dirpath, sorted file names) depth-first in sorted order, so indexes are reproducible."""
+def _walk_sorted(
+    folder: Path, report: ManifestReport | None = None
+) -> Iterable[tuple[str, list[str]]]:
+    """(dirpath, sorted file names) depth-first in sorted order, so indexes are reproducible.
+
+    Linked folders are followed, but each real directory is visited once: a link back to a
+    parent (a loop) or a second link to one folder is skipped and noted in `report`.
+    """
+    seen: set[tuple[int, int]] = set()
+    skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.append(dirpath)
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames.sort()
         yield dirpath, sorted(filenames)
+    if skipped and report is not None:
+        report.notes.append(
+            f"skipped {len(skipped)} linked folder(s) already visited (symlink loop or duplicate "
+            f"link), e.g. {', '.join(skipped[:N_EXAMPLES])}"
+        )
 
 
 def index_images(folder: Path, report: ManifestReport) -> dict[str, str]:
@@ -207,7 +235,7 @@ def index_images(folder: Path, report: ManifestReport) -> dict[str, str]:
     """
     index: dict[str, str] = {}
     archives: list[str] = []
-    for dirpath, names in _walk_sorted(folder):
+    for dirpath, names in _walk_sorted(folder, report):
         for name in names:
             lower = name.lower()
             if lower.endswith(JPEG_SUFFIXES):
@@ -421,28 +449,39 @@ def _as_str(col: pd.Series) -> pd.Series:
     return col.astype("str")
 
 
-def _dms_to_degrees(value: object, ref: object, negative: str) -> float:
-    """EXIF GPS (degrees, minutes, seconds) rationals + hemisphere ref -> signed degrees."""
+def _dms_to_degrees(value: object, ref: object, hemispheres: str) -> float | None:
+    """EXIF GPS (degrees, minutes, seconds) rationals + hemisphere ref -> signed degrees.
+
+    `hemispheres` is "NS" or "EW" (positive first); None when the ref is missing or neither:
+    guessing north/east would put a Colorado photo in China.
+    """
     parts = value if isinstance(value, tuple | list) else (value,)
     degrees = sum(float(p) / 60.0**i for i, p in enumerate(parts))
     if isinstance(ref, bytes):
         ref = ref.decode("ascii", "replace")
-    return -degrees if str(ref or "").strip().upper().startswith(negative) else degrees
+    ref = str(ref or "").strip("\x00 ").upper()
+    if len(ref) != 1 or ref not in hemispheres:
+        return None
+    return -degrees if ref == hemispheres[1] else degrees
 
 
-def exif_latlon(path: str) -> tuple[float, float] | None:
-    """(lat, lon) from a JPEG's EXIF GPS tags; None without them, OSError when unreadable."""
-    with Image.open(path) as im:
+def exif_latlon(path: str) -> tuple[float, float] | str:
+    """(lat, lon) from a JPEG's EXIF GPS tags, else the REASONS key why not ("no_gps",
+    "bad_gps_ref"); OSError when unreadable."""
+    with Image.open(path, formats=IMAGE_FORMATS) as im:
         gps = im.getexif().get_ifd(0x8825)
     if 2 not in gps or 4 not in gps:
-        return None
-    return _dms_to_degrees(gps[2], gps.get(1), "S"), _dms_to_degrees(gps[4], gps.get(3), "W")
+        return "no_gps"
+    lat = _dms_to_degrees(gps[2], gps.get(1), "NS")
+    lon = _dms_to_degrees(gps[4], gps.get(3), "EW")
+    return "bad_gps_ref" if lat is None or lon is None else (lat, lon)
 
 
 def read_exif_folder(folder: Path, report: ManifestReport) -> pd.DataFrame:
     """A folder (recursively) of JPEGs carrying GPS EXIF tags; id = path relative to the folder."""
-    rows, no_gps, unreadable = [], [], []
-    for dirpath, names in _walk_sorted(folder):
+    rows: list[tuple] = []
+    bad: dict[str, list[str]] = {"no_gps": [], "bad_gps_ref": [], "unreadable_image": []}
+    for dirpath, names in _walk_sorted(folder, report):
         for name in names:
             if not name.lower().endswith(JPEG_SUFFIXES):
                 continue
@@ -451,15 +490,15 @@ def read_exif_folder(folder: Path, report: ManifestReport) -> pd.DataFrame:
             try:
                 latlon = exif_latlon(path)
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-                unreadable.append(rel)
+                bad["unreadable_image"].append(rel)
                 continue
-            if latlon is None:
-                no_gps.append(rel)
+            if isinstance(latlon, str):
+                bad[latlon].append(rel)
             else:
                 rows.append((rel, path, *latlon))
-    report.n_read += len(no_gps) + len(unreadable)
-    report.add("no_gps", len(no_gps), no_gps)
-    report.add("unreadable_image", len(unreadable), unreadable)
+    for reason, rels in bad.items():
+        report.n_read += len(rels)
+        report.add(reason, len(rels), rels)
     return pd.DataFrame(rows, columns=["id", "image", "latitude", "longitude"]).astype(
         {"id": "str", "image": "str"}
     )

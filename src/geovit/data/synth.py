@@ -660,6 +660,19 @@ def _split_sequences(
     return np.isin(sequence, test_ids)
 
 
+# What every document made from a synthetic world says (model card, datasheet, report).
+SYNTHETIC_NOTICE = (
+    "**The data of this run is synthetic**: street-like scenes drawn by `geovit.data.synth` at "
+    "real western-US locations, not photographs. The numbers below say how well the pipeline "
+    "learns that synthetic world; they say nothing about real street imagery."
+)
+
+
+def is_synthetic_world(path: str | os.PathLike) -> bool:
+    """Whether `path` is a world drawn by this module (it carries world.json)."""
+    return (Path(path) / WORLD_FILE).is_file()
+
+
 def world_info(path: str | os.PathLike) -> dict:
     """The settings and counts a world was generated with (its world.json)."""
     try:
