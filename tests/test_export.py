@@ -1,4 +1,4 @@
-"""ONNX export: parity with torch, the sidecar, OnnxPredictor, and serving the exported file.
+"""ONNX export: parity with torch, the embedded sidecar, OnnxPredictor, serving the exported file.
 
 References: the torch model's logits (fp32), onnx.checker, a raw onnxruntime session, a NumPy
 softmax, and the checkpoint's own cell table.
@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from geovit.checkpoint import load_checkpoint, set_temperature
 from geovit.cli import app
 from geovit.errors import GeovitError
-from geovit.export import OnnxPredictor, export_onnx, load_predictor, sidecar_path
+from geovit.export import METADATA_KEY, OnnxPredictor, export_onnx, load_predictor, sidecar_path
 from geovit.predictor import Predictor
 from geovit.serve import create_app
 
@@ -50,13 +50,16 @@ def photos(tiny_world) -> list[Path]:
     return sorted((tiny_world / "images" / "test").glob("*.jpg"))[:4]
 
 
-def test_export_writes_a_valid_model_and_sidecar(exported, tiny_image_size):
+def embedded(path: Path) -> dict:
+    """The sidecar JSON in a model's metadata_props, read with onnx (not geovit)."""
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    return json.loads(props[METADATA_KEY])
+
+
+def test_export_writes_one_valid_model_with_its_sidecar_embedded(exported, tiny_image_size):
     ckpt, out = exported
-    assert sorted(p.name for p in out.parent.iterdir()) == [
-        "model.onnx",
-        "model.onnx.json",
-        "model.pt",
-    ]  # no temp files left behind
+    # one file: no separate sidecar that a kill could pair with another export, no temp files
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.pt"]
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
     (inp,) = model.graph.input
@@ -66,7 +69,7 @@ def test_export_writes_a_valid_model_and_sidecar(exported, tiny_image_size):
         tiny_image_size,
         tiny_image_size,
     ]
-    meta = json.loads(sidecar_path(out).read_text())
+    meta = embedded(out)
     loaded = load_checkpoint(ckpt)
     assert meta["image_size"] == tiny_image_size
     assert meta["temperature"] == pytest.approx(TEMPERATURE)
@@ -95,7 +98,7 @@ def test_baseline_archs_export_and_match_torch(baseline_checkpoint, photos, tmp_
     onnx.checker.check_model(onnx.load(str(out)))
     torch_pred = Predictor.from_checkpoint(baseline_checkpoint, device="cpu")
     onnx_pred = OnnxPredictor.from_onnx(out)
-    assert json.loads(sidecar_path(out).read_text())["model_config"]["arch"] in ("cnn", "vit")
+    assert embedded(out)["model_config"]["arch"] in ("cnn", "vit")
     for a, b in zip(torch_pred.predict(photos), onnx_pred.predict(photos), strict=True):
         assert a.tokens == b.tokens
         np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
@@ -161,14 +164,53 @@ def test_export_and_load_errors_are_one_line(exported, tmp_path):
     with pytest.raises(GeovitError, match=r"must end in \.onnx"):
         export_onnx(ckpt, tmp_path / "model.bin")
     lonely = tmp_path / "lonely.onnx"
-    lonely.write_bytes(out.read_bytes())
-    with pytest.raises(GeovitError, match="no sidecar"):
+    model = onnx.load(str(out))
+    del model.metadata_props[:]
+    onnx.save(model, str(lonely))
+    with pytest.raises(GeovitError, match="no geovit metadata"):
         OnnxPredictor.from_onnx(lonely)
     with pytest.raises(GeovitError, match="does not exist"):
         load_predictor(tmp_path / "missing.onnx")
     assert type(load_predictor(ckpt)) is Predictor
     res = CliRunner().invoke(app, ["export", "-c", str(tmp_path / "nope.pt"), "-o", str(lonely)])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def _with_metadata(src: Path, dst: Path, **changes) -> Path:
+    model = onnx.load(str(src))
+    meta = {**embedded(src), **changes}
+    (prop,) = [p for p in model.metadata_props if p.key == METADATA_KEY]
+    prop.value = json.dumps(meta)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_onnx_load_checks_logits_against_cells_and_preprocessing(exported, tmp_path):
+    _, out = exported
+    cells = pd.DataFrame(embedded(out)["cells"])
+    fewer = cells.iloc[:-1].to_dict(orient="list")
+    bad = _with_metadata(out, tmp_path / "fewer.onnx", cells=fewer)
+    with pytest.raises(GeovitError, match=f"{len(cells) - 1} cells") as err:
+        OnnxPredictor.from_onnx(bad)
+    assert "\n" not in str(err.value)
+    for change, match in (
+        ({"image_size": 7}, "7px images"),
+        ({"std": [0.2, 0.0, 0.2]}, "std"),
+        ({"mean": [0.5, 0.5]}, "mean"),
+        ({"temperature": float("nan")}, "temperature"),
+    ):
+        with pytest.raises(GeovitError, match=match):
+            OnnxPredictor.from_onnx(_with_metadata(out, tmp_path / "bad.onnx", **change))
+
+
+def test_onnx_load_still_reads_an_old_separate_sidecar(exported, tmp_path):
+    _, out = exported
+    old = tmp_path / "old.onnx"
+    model = onnx.load(str(out))
+    del model.metadata_props[:]
+    onnx.save(model, str(old))
+    sidecar_path(old).write_text(json.dumps(embedded(out)))
+    assert list(OnnxPredictor.from_onnx(old).cells.tokens) == embedded(out)["cells"]["token"]
 
 
 def test_cli_serve_defaults_to_loopback_and_takes_an_onnx_model(exported, monkeypatch):

@@ -148,11 +148,11 @@ def _require_contract(raw: dict, path: str | os.PathLike) -> dict:
     return raw
 
 
-def _check_values(raw: dict, path: str | os.PathLike) -> None:
+def check_values(raw: dict, path: str | os.PathLike) -> None:
     """Refuse values that would load but predict garbage (NaN temperature -> NaN probs)."""
 
     def bad(what: str) -> GeovitError:
-        return GeovitError(f"checkpoint {path}: {what}; the file is damaged or was edited")
+        return GeovitError(f"{path}: {what}; the file is damaged or was edited")
 
     temperature = raw["temperature"]
     if (
@@ -178,7 +178,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     ``hf-hub:USER/NAME``) on the CPU, model in eval mode."""
     path = resolve_model(path)
     raw = _require_contract(read_folder(path), path) if is_model_folder(path) else read_raw(path)
-    _check_values(raw, path)
+    check_values(raw, f"checkpoint {path}")
     # the weights come from the file: never download or read the original backbone weights
     # (an hf-hub: backbone is rebuilt from the timm config recorded in the checkpoint)
     config = ModelConfig.from_dict(raw["model_config"]).without_weight_sources()

@@ -3,8 +3,9 @@
 The dynamo exporter (``torch.onnx.export(..., dynamo=True)``) is used because the legacy
 TorchScript exporter rejects the CNN-map -> ViT-grid adaptive pooling (7 -> 14 is not a
 divisible downsampling). The batch dimension is dynamic. Everything else a deployment needs
-(cells, input size, normalization, temperature) goes into a JSON sidecar next to the model,
-``model.onnx.json``, so the .onnx file plus its sidecar replace the checkpoint at inference.
+(cells, input size, normalization, temperature) is a JSON "sidecar" embedded in the model's own
+``metadata_props`` (key ``geovit``), so the one .onnx file, written atomically, replaces the
+checkpoint at inference: a model can never be paired with another export's cells.
 """
 
 from __future__ import annotations
@@ -20,19 +21,26 @@ import torch
 
 from geovit import __version__
 from geovit.cells import CellPartition
-from geovit.checkpoint import LoadedCheckpoint, cells_to_dict, contract_fields, load_checkpoint
+from geovit.checkpoint import (
+    LoadedCheckpoint,
+    cells_to_dict,
+    check_values,
+    contract_fields,
+    load_checkpoint,
+)
 from geovit.errors import GeovitError
-from geovit.fileio import atomic_write, write_text
+from geovit.fileio import atomic_write
 from geovit.modelfolder import write_folder
 from geovit.predictor import Predictor
 
 SIDECAR_FORMAT = "geovit-onnx/1"
+METADATA_KEY = "geovit"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
 
 def sidecar_path(onnx_path: str | os.PathLike) -> Path:
-    """Where the JSON sidecar of an .onnx file lives: ``model.onnx`` -> ``model.onnx.json``."""
+    """Where exports before the embedded metadata put the sidecar: ``model.onnx.json``."""
     return Path(f"{os.fspath(onnx_path)}.json")
 
 
@@ -44,7 +52,7 @@ def export_onnx(
 ) -> Path:
     """Export a checkpoint's classifier (images (B,3,S,S) -> logits (B,K)) to ONNX.
 
-    Writes ``out`` and its sidecar atomically (temp file in the same folder, then rename) and
+    Writes ``out``, sidecar embedded, atomically (temp file in the same folder, then rename) and
     returns ``out``. The logits are raw: consumers divide by the sidecar's temperature.
     """
     out = Path(out)
@@ -73,7 +81,6 @@ def export_onnx(
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "try another --opset or report the model config"
         ) from exc
-    atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
     sidecar = {
         "format": SIDECAR_FORMAT,
         "geovit_version": __version__,
@@ -86,7 +93,8 @@ def export_onnx(
         "model_config": ckpt.config.to_dict(),
         "cells": cells_to_dict(ckpt.cells),
     }
-    write_text(sidecar_path(out), json.dumps(sidecar))
+    program.model.metadata_props[METADATA_KEY] = json.dumps(sidecar)
+    atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
     return out
 
 
@@ -106,24 +114,32 @@ def export_folder(
     return write_folder(out, ckpt.model.state_dict(), fields, card=card)
 
 
-def read_sidecar(onnx_path: str | os.PathLike) -> dict[str, Any]:
-    """The sidecar of an exported model, checked for the keys inference needs."""
-    path = sidecar_path(onnx_path)
-    if not Path(onnx_path).is_file():
-        raise GeovitError(f"ONNX model {onnx_path} does not exist; create it with `geovit export`")
+def read_sidecar(onnx_path: str | os.PathLike, metadata: dict[str, str]) -> dict[str, Any]:
+    """The sidecar embedded in an exported model's ``metadata`` (onnxruntime's
+    custom_metadata_map), or a separate ``model.onnx.json`` of an older export, checked for
+    the values inference needs."""
+    text = metadata.get(METADATA_KEY)
+    source = f"{onnx_path} metadata"
+    if text is None:
+        path = sidecar_path(onnx_path)
+        if not path.is_file():
+            raise GeovitError(
+                f"{onnx_path} has no geovit metadata (cells and preprocessing): it was not "
+                "written by `geovit export`; re-run `geovit export`"
+            )
+        text, source = path.read_text(encoding="utf-8", errors="replace"), str(path)
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise GeovitError(
-            f"{onnx_path} has no sidecar {path.name} (cells and preprocessing); keep the two "
-            "files together or re-run `geovit export`"
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise GeovitError(
-            f"sidecar {path} is not valid JSON ({exc}); re-run `geovit export`"
-        ) from exc
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise GeovitError(f"{path} is not a geovit ONNX sidecar ({SIDECAR_FORMAT}); re-export")
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise GeovitError(f"{source} is not valid JSON ({exc}); re-run `geovit export`") from exc
+    missing = [
+        k
+        for k in ("image_size", "mean", "std", "temperature", "cells")
+        if not isinstance(meta, dict) or k not in meta
+    ]
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or missing:
+        raise GeovitError(f"{source} is not a geovit ONNX sidecar ({SIDECAR_FORMAT}); re-export")
+    check_values(meta, source)
     return meta
 
 
@@ -160,7 +176,8 @@ class OnnxPredictor(Predictor):
         onnxruntime's intra-op threads (default: all cores)."""
         import onnxruntime as ort
 
-        meta = read_sidecar(path)
+        if not Path(path).is_file():
+            raise GeovitError(f"ONNX model {path} does not exist; create it with `geovit export`")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -170,16 +187,18 @@ class OnnxPredictor(Predictor):
             raise GeovitError(
                 f"onnxruntime cannot load {path} ({type(exc).__name__}); re-run `geovit export`"
             ) from exc
-        shape = session.get_inputs()[0].shape
+        meta = read_sidecar(path, session.get_modelmeta().custom_metadata_map)
+        cells = CellPartition.from_frame(pd.DataFrame(meta["cells"]))
+        shape, logits = session.get_inputs()[0].shape, session.get_outputs()[0].shape
         size = int(meta["image_size"])
-        if list(shape[1:]) != [3, size, size]:
+        if list(shape[1:]) != [3, size, size] or logits[1:] != [len(cells)]:
             raise GeovitError(
-                f"{path} takes input {shape} but its sidecar says {size}px images; the two files "
-                "come from different exports: re-run `geovit export`"
+                f"{path} maps input {shape} to logits {logits} but its metadata says "
+                f"{size}px images and {len(cells)} cells: re-run `geovit export`"
             )
         return cls(
             _OrtModule(session, session.get_inputs()[0].name),
-            CellPartition.from_frame(pd.DataFrame(meta["cells"])),
+            cells,
             meta["mean"],
             meta["std"],
             size,

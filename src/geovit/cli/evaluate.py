@@ -257,7 +257,7 @@ def predict(
         None, "--checkpoint", "-c", help="model.pt, best.ckpt or last.ckpt."
     ),
     onnx: Path | None = typer.Option(
-        None, "--onnx", help="An exported model.onnx (with its .json sidecar) run by onnxruntime."
+        None, "--onnx", help="An exported model.onnx (from `geovit export`) run by onnxruntime."
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Cells to list per image."),
     output: str = typer.Option("table", "--format", "-f", help="table, json or geojson."),

@@ -73,10 +73,11 @@ def export(
     ),
     opset: int | None = typer.Option(None, help="ONNX opset (default: the exporter's)"),
 ) -> None:
-    """Export the classifier to ONNX (dynamic batch) plus a JSON sidecar with cells and
-    preprocessing (`geovit predict --onnx` and `geovit serve` run it with onnxruntime), or to a
-    safetensors folder (model.safetensors, config.json, cells.parquet) any command loads."""
-    from geovit.export import export_folder, export_onnx, sidecar_path
+    """Export the classifier to one ONNX file (dynamic batch) with the cells and preprocessing
+    embedded in its metadata (`geovit predict --onnx` and `geovit serve` run it with
+    onnxruntime), or to a safetensors folder (model.safetensors, config.json, cells.parquet)
+    any command loads."""
+    from geovit.export import export_folder, export_onnx
 
     if format == ExportFormat.safetensors:
         folder = export_folder(checkpoint, out.with_suffix("") if out.suffix == ".onnx" else out)
@@ -84,4 +85,4 @@ def export(
         return
     path = export_onnx(checkpoint, out, opset=opset)
     size_mb = path.stat().st_size / 1e6
-    console.print(f"wrote {path} ({size_mb:.1f} MB) and {sidecar_path(path)}")
+    console.print(f"wrote {path} ({size_mb:.1f} MB, cells and preprocessing embedded)")
