@@ -195,6 +195,31 @@ def test_cli_evaluate_and_calibrate(tiny_checkpoint, tiny_world, tmp_path):
     assert load_checkpoint(model).temperature == stored  # a failed command changes nothing
 
 
+@pytest.mark.parametrize("command", ["evaluate", "calibrate", "map"])
+def test_unwritable_output_fails_before_the_work(
+    command, tiny_checkpoint, tiny_world, tmp_path, monkeypatch
+):
+    """A folder under a regular file cannot be created (even by root): the command must say so
+    at once, not after scoring every image (it used to die there with a raw traceback)."""
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model ran before the output folder was checked")
+
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(no_work))
+    (tmp_path / "file.txt").write_text("x")
+    bad = tmp_path / "file.txt" / "sub"
+    photo = next((tiny_world / "images" / "test").glob("*.jpg"))
+    args = {
+        "evaluate": ["evaluate", "-d", str(tiny_world), "-o", str(bad)],
+        "calibrate": ["calibrate", "-d", str(tiny_world), "--out", str(bad / "cal.pt")],
+        "map": ["map", str(photo), "-o", str(bad / "map.png"), "--lat", "1", "--lon", "2"],
+    }[command]
+    res = CliRunner().invoke(app, [*args, "-c", str(tiny_checkpoint)])
+    assert res.exit_code == 2, res.output
+    assert "cannot write to folder" in res.stderr and str(bad) in res.stderr
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
+
+
 def test_reliability_legend_names_over_and_under_confidence():
     """Two bins by hand: 0.2-0.4 under-confident (confidence 0.3 < accuracy 0.5), 0.8-1.0
     over-confident (0.9 > 0.4); each gap is shaded in its own colour and named in the legend."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
+import signal
 import stat
 from pathlib import Path
 
 import pytest
 
-from geovit.fileio import atomic_write, write_bytes, write_text
+from geovit.errors import GeovitError
+from geovit.fileio import atomic_write, ensure_writable, write_bytes, write_text
 
 
 class Boom(RuntimeError):
@@ -126,3 +130,54 @@ def test_pipeline_writers_follow_the_umask(tiny_cells, tiny_checkpoint, tmp_path
         "metrics.json",
         "model.pt",
     ]
+
+
+def test_ensure_writable_creates_the_folder_and_leaves_nothing(tmp_path):
+    out = tmp_path / "a" / "b"
+    assert ensure_writable(out) == out and out.is_dir()
+    assert list(out.iterdir()) == []  # the probe file is gone
+
+
+def test_ensure_writable_names_a_folder_that_cannot_be_made(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    for out in (tmp_path / "file.txt" / "sub", tmp_path / "file.txt"):
+        with pytest.raises(GeovitError, match="cannot write to folder") as err:
+            ensure_writable(out, "--out")
+        assert str(out) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ensure_writable_says_disk_full(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def full(path, flags, *args):
+        if flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", full)
+    with pytest.raises(GeovitError, match="disk full"):
+        ensure_writable(tmp_path / "out")
+
+
+@pytest.fixture()
+def file_size_limit():
+    """RLIMIT_FSIZE: a real "no room" for this process's writes (EFBIG), restored afterwards."""
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    yield lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, before[1]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, before)
+    signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_a_full_disk_is_named_and_the_old_file_kept(tmp_path, file_size_limit):
+    path = write_bytes(tmp_path / "m.bin", b"old")
+
+    def enospc(tmp: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+    with pytest.raises(GeovitError, match="disk full"):
+        atomic_write(path, enospc)
+    file_size_limit(1000)
+    with pytest.raises(GeovitError, match=r"disk full while writing .*m\.bin"):
+        write_bytes(path, b"x" * 5000)
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]

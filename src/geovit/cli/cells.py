@@ -24,6 +24,7 @@ from geovit.cli._common import (
     load_split_manifest,
 )
 from geovit.errors import GeovitError
+from geovit.fileio import ensure_writable
 from geovit.s2 import MAX_LEVEL
 
 cells_app = typer.Typer(
@@ -80,6 +81,7 @@ def build(
     """
     # --all holds nothing out, and partitions the rows of every split the data has
     no_holdout = {"test_fraction": 0.0} if every_point else {}
+    ensure_writable(out.parent)
     manifest, _ = load_split_manifest(
         data,
         fmt,

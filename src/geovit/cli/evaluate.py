@@ -34,6 +34,7 @@ from geovit.cli._common import (
     track,
 )
 from geovit.errors import GeovitError
+from geovit.fileio import ensure_writable
 
 if TYPE_CHECKING:
     from geovit.predictor import Prediction, Predictor
@@ -84,6 +85,7 @@ def evaluate(
     from geovit.predictor import Predictor
 
     ks = _parse_ks(top_k)
+    ensure_writable(out)
     set_threads(threads, workers)
     predictor = Predictor.from_checkpoint(checkpoint)
     columns = TableColumns(image_col, lat_col, lon_col, image_template)
@@ -149,6 +151,8 @@ def calibrate(
 
     if out is not None and in_place:
         raise GeovitError("give --out or --in-place, not both")
+    if out is not None or in_place:
+        ensure_writable((out or checkpoint).parent, "--in-place" if in_place else "--out")
     set_threads(threads, workers)
     predictor = Predictor.from_checkpoint(checkpoint)
     columns = TableColumns(image_col, lat_col, lon_col, image_template)

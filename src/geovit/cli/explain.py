@@ -29,6 +29,7 @@ from geovit.cli._common import (
     track,
 )
 from geovit.errors import GeovitError
+from geovit.fileio import ensure_writable
 
 IMAGE = typer.Argument(..., help="A photo (JPEG/PNG path).")
 LAT = typer.Option(None, help="True latitude of the photo (degrees).")
@@ -97,6 +98,7 @@ def explain(
     lat, lon = _location(lat, lon, image, data)
     if target not in (None, "true", "top"):
         raise GeovitError(f"--target {target!r} must be 'true' or 'top'")
+    ensure_writable(out)
     set_threads(threads)
     predictor = Predictor.from_checkpoint(checkpoint)
     expl = explain_image(
@@ -143,8 +145,10 @@ def map_command(
     lat, lon = _location(lat, lon, image, data)
     if top_k < 0:
         raise GeovitError(f"--top-k {top_k} must be >= 0")
-    predictor = Predictor.from_checkpoint(checkpoint)
     html_path = html or out.with_suffix(".html")
+    ensure_writable(out.parent)
+    ensure_writable(html_path.parent, "--html")
+    predictor = Predictor.from_checkpoint(checkpoint)
     cmap = map_image(
         predictor,
         image,
@@ -200,6 +204,7 @@ def report(
     if examples < 0:
         raise GeovitError(f"--examples {examples} must be >= 0")
     given = read_metrics(metrics) if metrics is not None else None
+    ensure_writable(out)
     set_threads(threads)
     predictor = Predictor.from_checkpoint(checkpoint)
     parse_fill(fill, predictor.mean, predictor.std)  # fail before the long passes
