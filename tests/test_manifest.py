@@ -480,3 +480,72 @@ def test_symlink_loops_are_walked_once_and_reported(tmp_path: Path, layout: str)
     assert len(df) == 3 and report.n_read == 3
     note = next(n for n in report.notes if "linked folder" in n)
     assert note.startswith("skipped 2 linked folder(s)")
+
+
+def _places_frame(n: int = 12) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "latitude": np.linspace(40.0, 48.0, n),
+            "longitude": np.linspace(-3.0, 9.0, n),
+            "city": ["Zürich", "Besançon", "Málaga"] * (n // 3),
+        }
+    )
+
+
+def test_empty_latin1_and_semicolon_csvs_give_one_line_errors_or_read(tmp_path: Path) -> None:
+    """These used to end in pandas/pyarrow tracebacks (EmptyDataError, invalid UTF8, column
+    count); the reference reads are pandas' own with the right options."""
+    kw = {"need_images": False, "val_fraction": 0.0, "test_fraction": 0.0}
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(GeovitError, match=r"empty\.csv is empty"):
+        load_manifest(empty, **kw)
+
+    frame = _places_frame()
+    latin = tmp_path / "latin.csv"
+    frame.to_csv(latin, index=False, encoding="latin-1")
+    with pytest.raises(GeovitError, match=r"not utf-8 text .*--encoding latin-1") as err:
+        load_manifest(latin, **kw)
+    assert "\n" not in str(err.value)
+    df, _ = load_manifest(latin, encoding="latin-1", **kw)
+    ref = pd.read_csv(latin, encoding="latin-1")
+    assert list(df["city"]) == list(ref["city"]) == list(frame["city"])
+    with pytest.raises(GeovitError, match=r"--encoding 'latin-9000' is not a known"):
+        load_manifest(latin, encoding="latin-9000", **kw)
+
+    semi = tmp_path / "semi.csv"
+    frame.to_csv(semi, index=False, sep=";")
+    ref = pd.read_csv(semi, sep=";")
+    for sep in (None, ";"):  # sniffed, or given
+        df, _ = load_manifest(semi, sep=sep, **kw)
+        np.testing.assert_allclose(df["latitude"], ref["latitude"])
+        assert list(df["city"]) == list(ref["city"])
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("latitude|longitude\n1|2\n3|4|5\n")
+    with pytest.raises(GeovitError, match=r"one column 'latitude\|longitude' on ',';.* --sep"):
+        load_manifest(ragged, **kw)  # not sniffed (ragged): one column names the fix
+    with pytest.raises(GeovitError, match=r"separated by '\|' .* --sep") as err:
+        load_manifest(ragged, sep="|", **kw)
+    assert "\n" not in str(err.value)
+    folder = tmp_path / "osv"
+    folder.mkdir()
+    (folder / "train.csv").write_text("id,latitude,longitude\n100,1,4\n")
+    with pytest.raises(GeovitError, match=r"--sep apply to \.csv/\.parquet tables"):
+        load_manifest(folder, sep=";")
+
+
+def test_cli_sep_and_encoding_options_reach_the_table_reader(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from geovit.cells import CellPartition
+    from geovit.cli import app
+
+    table = tmp_path / "points.csv"
+    _places_frame(60).to_csv(table, index=False, sep="\t", encoding="latin-1")
+    out = tmp_path / "cells.parquet"
+    args = ["cells", "build", str(table), "--all", "--t1", "20", "--t2", "1", "-o", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "--encoding latin-1" in res.stderr and not out.exists()
+    res = CliRunner().invoke(app, [*args, "--sep", "\t", "--encoding", "latin-1"])
+    assert res.exit_code == 0, res.output
+    assert set(CellPartition.load(out).names) <= {"Zürich", "Besançon", "Málaga"}

@@ -22,12 +22,15 @@ from geovit.errors import GeovitError
 
 @dataclass(frozen=True)
 class TableColumns:
-    """The --image-col/--lat-col/--lon-col/--image-template choices (load_manifest's names)."""
+    """The --image-col/--lat-col/--lon-col/--image-template/--sep/--encoding choices
+    (load_manifest's names)."""
 
     image_col: str | None = None
     lat_col: str | None = None
     lon_col: str | None = None
     image_template: str | None = None
+    sep: str | None = None
+    encoding: str | None = None
 
 
 if TYPE_CHECKING:
@@ -65,6 +68,8 @@ IMAGE_TEMPLATE = typer.Option(
     "--image-template",
     help='Image path built from table columns, e.g. "images/{id}.jpg" (tables only).',
 )
+SEP = typer.Option(None, "--sep", help="CSV field separator, e.g. ';' (default: detected).")
+ENCODING = typer.Option(None, "--encoding", help="CSV text encoding, e.g. latin-1 (default utf-8).")
 
 
 def default_threads(workers: int, processes: int = 1) -> int:

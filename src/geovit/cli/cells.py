@@ -11,10 +11,12 @@ from geovit.cells import T1_DEFAULT, T2_DEFAULT, CellPartition
 from geovit.cli._app import app
 from geovit.cli._common import (
     DATA_FORMAT,
+    ENCODING,
     IMAGE_COL,
     IMAGE_TEMPLATE,
     LAT_COL,
     LON_COL,
+    SEP,
     SPLIT_SEED,
     VAL_FRACTION,
     VAL_SPLIT,
@@ -68,6 +70,8 @@ def build(
     lat_col: str = LAT_COL,
     lon_col: str = LON_COL,
     image_template: str = IMAGE_TEMPLATE,
+    sep: str = SEP,
+    encoding: str = ENCODING,
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
@@ -88,7 +92,7 @@ def build(
         0.0 if every_point else val_fraction,
         val_split,
         split_seed,
-        TableColumns(image_col, lat_col, lon_col, image_template),
+        TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding),
         need_images=False,
         **no_holdout,
     )

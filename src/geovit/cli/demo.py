@@ -13,10 +13,12 @@ from geovit.cli._common import (
     CHECKPOINT,
     DATA,
     DATA_FORMAT,
+    ENCODING,
     IMAGE_COL,
     IMAGE_TEMPLATE,
     LAT_COL,
     LON_COL,
+    SEP,
     SPLIT_SEED,
     VAL_FRACTION,
     VAL_SPLIT,
@@ -87,6 +89,8 @@ def card(
     lat_col: str = LAT_COL,
     lon_col: str = LON_COL,
     image_template: str = IMAGE_TEMPLATE,
+    sep: str = SEP,
+    encoding: str = ENCODING,
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
@@ -97,7 +101,7 @@ def card(
     from geovit.evaluation import evaluate
     from geovit.predictor import Predictor
 
-    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
     manifest, report = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     ckpt = load_checkpoint(checkpoint)
     if metrics is None:

@@ -16,10 +16,12 @@ from geovit.cli._common import (
     CHECKPOINT,
     DATA,
     DATA_FORMAT,
+    ENCODING,
     IMAGE_COL,
     IMAGE_TEMPLATE,
     LAT_COL,
     LON_COL,
+    SEP,
     SPLIT_SEED,
     THREADS,
     VAL_FRACTION,
@@ -75,6 +77,8 @@ def evaluate(
     lat_col: str = LAT_COL,
     lon_col: str = LON_COL,
     image_template: str = IMAGE_TEMPLATE,
+    sep: str = SEP,
+    encoding: str = ENCODING,
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
@@ -88,7 +92,7 @@ def evaluate(
     ensure_writable(out)
     set_threads(threads, workers)
     predictor = Predictor.from_checkpoint(checkpoint)
-    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     with track(f"evaluating {split}", len(split_rows(manifest, split))) as advance:
         metrics = run_evaluation(
@@ -138,6 +142,8 @@ def calibrate(
     lat_col: str = LAT_COL,
     lon_col: str = LON_COL,
     image_template: str = IMAGE_TEMPLATE,
+    sep: str = SEP,
+    encoding: str = ENCODING,
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
@@ -155,7 +161,7 @@ def calibrate(
         ensure_writable((out or checkpoint).parent, "--in-place" if in_place else "--out")
     set_threads(threads, workers)
     predictor = Predictor.from_checkpoint(checkpoint)
-    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     kw = {"batch_size": batch_size, "workers": workers, "max_images": max_images}
 

@@ -12,10 +12,12 @@ from geovit.cli._common import (
     CHECKPOINT,
     DATA,
     DATA_FORMAT,
+    ENCODING,
     IMAGE_COL,
     IMAGE_TEMPLATE,
     LAT_COL,
     LON_COL,
+    SEP,
     SPLIT_SEED,
     THREADS,
     VAL_FRACTION,
@@ -194,6 +196,8 @@ def report(
     lat_col: str = LAT_COL,
     lon_col: str = LON_COL,
     image_template: str = IMAGE_TEMPLATE,
+    sep: str = SEP,
+    encoding: str = ENCODING,
 ) -> None:
     """One self-contained HTML page: metrics, reliability, accuracy map and an example gallery."""
     from geovit.data.synth import is_synthetic_world
@@ -208,7 +212,7 @@ def report(
     set_threads(threads)
     predictor = Predictor.from_checkpoint(checkpoint)
     parse_fill(fill, predictor.mean, predictor.std)  # fail before the long passes
-    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     with track(f"scoring {split}", int((manifest["split"] == split).sum())) as advance:
         page = build_report(

@@ -11,10 +11,12 @@ from geovit.cli._app import app
 from geovit.cli._common import (
     DATA,
     DATA_FORMAT,
+    ENCODING,
     IMAGE_COL,
     IMAGE_TEMPLATE,
     LAT_COL,
     LON_COL,
+    SEP,
     SPLIT_SEED,
     THREADS,
     VAL_FRACTION,
@@ -92,6 +94,8 @@ def train(
     lat_col: str = LAT_COL,
     lon_col: str = LON_COL,
     image_template: str = IMAGE_TEMPLATE,
+    sep: str = SEP,
+    encoding: str = ENCODING,
     limit_train_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     limit_val_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
@@ -157,7 +161,7 @@ def train(
         )
     from geovit.data.shards import is_shards
 
-    columns = TableColumns(image_col, lat_col, lon_col, image_template)
+    columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     build = build_datamodule
     if is_shards(data):  # streamed from the shards

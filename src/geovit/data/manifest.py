@@ -8,6 +8,8 @@ street block) never sit on both sides of it.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import io
 import os
 import string
@@ -369,6 +371,58 @@ def _resolve_ref(ref: str, base: Path) -> str:
     return full if member is None else f"{full}{ZIP_SEP}{member}"
 
 
+CSV_SEPARATORS = ",;\t|"  # the ones a CSV's header is sniffed for
+SNIFF_LINES = 20
+
+
+def _sniff_sep(path: Path, encoding: str) -> str:
+    """The separator of a CSV's first lines (``;`` in many European exports), else ``,``."""
+    with path.open(encoding=encoding, errors="replace", newline="") as f:
+        lines = [line for _, line in zip(range(SNIFF_LINES), f, strict=False)]
+    try:
+        return csv.Sniffer().sniff("".join(lines), delimiters=CSV_SEPARATORS).delimiter
+    except csv.Error:
+        return ","
+
+
+def read_csv(path: Path, sep: str | None = None, encoding: str | None = None) -> pd.DataFrame:
+    """A CSV as text columns, or one GeovitError for an empty file, text that is not in
+    ``encoding`` (UTF-8 by default), or rows that do not split on ``sep`` (sniffed if None)."""
+    encoding = encoding or "utf-8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise GeovitError(
+            f"--encoding {encoding!r} is not a known text encoding (e.g. utf-8, latin-1, cp1252)"
+        ) from None
+    empty = GeovitError(f"{path} is empty: a table needs a header row and records")
+    if path.stat().st_size == 0:
+        raise empty
+    sep = sep or _sniff_sep(path, encoding)
+    try:
+        table = pd.read_csv(path, dtype=str, engine="pyarrow", sep=sep, encoding=encoding)
+    except pd.errors.EmptyDataError:
+        raise empty from None
+    except (ValueError, UnicodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, UnicodeError) or "invalid UTF8" in reason:
+            raise GeovitError(
+                f"{path} is not {encoding} text ({reason}); pass its encoding, "
+                "e.g. --encoding latin-1"
+            ) from None
+        raise GeovitError(
+            f"cannot read {path} as a CSV separated by {sep!r} ({reason}); pass its "
+            "separator, e.g. --sep ';'"
+        ) from None
+    (header,) = table.columns if len(table.columns) == 1 else ("",)
+    if any(c in header for c in CSV_SEPARATORS):
+        raise GeovitError(
+            f"{path} splits into one column {header!r} on {sep!r}; pass its separator, "
+            "e.g. --sep ';'"
+        )
+    return table
+
+
 def read_table(
     path: Path,
     report: ManifestReport,
@@ -378,6 +432,8 @@ def read_table(
     extra: tuple[str, ...] = (),
     image_template: str | None = None,
     need_images: bool = True,
+    sep: str | None = None,
+    encoding: str | None = None,
 ) -> pd.DataFrame:
     """A CSV/Parquet with image path and lat/lon columns; relative paths are table-relative.
 
@@ -385,7 +441,7 @@ def read_table(
     without `need_images` a coordinates-only table is fine (its rows have no image).
     """
     if path.suffix.lower() == ".csv":
-        raw = pd.read_csv(path, dtype=str, engine="pyarrow")
+        raw = read_csv(path, sep, encoding)
     else:
         try:
             raw = pd.read_parquet(path)
@@ -680,6 +736,8 @@ def load_manifest(
     lat_col: str | None = None,
     lon_col: str | None = None,
     image_template: str | None = None,
+    sep: str | None = None,
+    encoding: str | None = None,
     need_images: bool = True,
     val_fraction: float = 0.1,
     val_split: str = "sequence",
@@ -720,6 +778,8 @@ def load_manifest(
         "--lat-col": lat_col,
         "--lon-col": lon_col,
         "--image-template": image_template,
+        "--sep": sep,
+        "--encoding": encoding,
     }
     given = [name for name, value in table_options.items() if value is not None]
     if given and fmt != "table":
@@ -742,6 +802,8 @@ def load_manifest(
             extra,
             image_template,
             need_images=need_images,
+            sep=sep,
+            encoding=encoding,
         )
     else:
         df = read_exif_folder(path, report)
