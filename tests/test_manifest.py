@@ -549,3 +549,20 @@ def test_cli_sep_and_encoding_options_reach_the_table_reader(tmp_path: Path) -> 
     res = CliRunner().invoke(app, [*args, "--sep", "\t", "--encoding", "latin-1"])
     assert res.exit_code == 0, res.output
     assert set(CellPartition.load(out).names) <= {"Zürich", "Besançon", "Málaga"}
+
+
+def test_an_existing_file_with_double_colon_in_its_name_is_a_file(tmp_path: Path) -> None:
+    """ "shot::1.jpg" used to be read as member "1.jpg" of an archive "shot" (missing_image)."""
+    plain = write_jpeg(tmp_path / "shot::1.jpg", seed=1)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.writestr("inner/z.jpg", jpeg_bytes(7))
+    rows = [("colon", "shot::1.jpg"), ("zip", "a.zip::inner/z.jpg")]
+    pd.DataFrame(rows, columns=["id", "image"]).assign(latitude=1.0, longitude=2.0).to_csv(
+        tmp_path / "m.csv", index=False
+    )
+    df, report = load_manifest(tmp_path / "m.csv", val_fraction=0.0, test_fraction=0.0)
+    assert report.dropped == {} and sorted(df["id"]) == ["colon", "zip"]
+    refs = df.set_index("id")["image"]
+    assert refs["colon"] == str(tmp_path / "shot::1.jpg")
+    assert read_image_bytes(refs["colon"]) == plain == (tmp_path / "shot::1.jpg").read_bytes()
+    assert read_image_bytes(refs["zip"]) == jpeg_bytes(7)  # a real member is still a member

@@ -262,3 +262,9 @@ def test_threads_option_and_default_split_cores_with_workers(tiny_checkpoint, ph
         assert res.exit_code == 0 and torch.get_num_threads() == 8  # the 8 "usable" cores
     finally:
         torch.set_num_threads(before)
+
+
+def test_expand_images_takes_an_existing_file_with_double_colon_as_a_file(tmp_path, photos):
+    odd = Path(shutil.copy(photos[0], tmp_path / "shot::1.jpg"))
+    paths, problems = expand_images([str(odd)])
+    assert paths == [str(odd)] and problems == []

@@ -222,7 +222,7 @@ def expand_images(args: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]
     problems: list[tuple[str, str]] = []
     for arg in args:
         p = Path(arg).expanduser()
-        if ZIP_SEP in arg or (p.is_file() and p.suffix.lower() == ".zip"):
+        if split_ref(str(p))[1] is not None or (p.is_file() and p.suffix.lower() == ".zip"):
             try:
                 found = _zip_images(str(p))
             except GeovitError as exc:

@@ -135,9 +135,10 @@ class ManifestReport:
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
-    """("ARCHIVE.zip", "member") for a zip reference, (path, None) for a plain file."""
+    """("ARCHIVE.zip", "member") for a zip reference, (path, None) for a plain file; a path
+    that exists as a file is that file, even with "::" in its name."""
     archive, sep, member = ref.partition(ZIP_SEP)
-    return (archive, member) if sep else (ref, None)
+    return (archive, member) if sep and not os.path.isfile(ref) else (ref, None)
 
 
 _ZIPS: dict[str, zipfile.ZipFile] = {}
@@ -366,6 +367,9 @@ def _template_paths(raw: pd.DataFrame, template: str) -> list[str]:
 
 
 def _resolve_ref(ref: str, base: Path) -> str:
+    whole = ref if os.path.isabs(ref) else str(base / ref)
+    if os.path.isfile(whole):  # an existing file is a file, even with "::" in its name
+        return whole
     path, member = split_ref(ref)
     full = path if os.path.isabs(path) else str(base / path)
     return full if member is None else f"{full}{ZIP_SEP}{member}"
