@@ -171,3 +171,35 @@ def test_hub_backbone_checkpoint_loads_without_the_hub(tmp_path, cells, monkeypa
         torch.testing.assert_close(loaded.model(x), hub_model(x), rtol=0, atol=0)
     resaved = load_checkpoint(save_checkpoint(tmp_path / "again.pt", loaded))
     assert resaved.model.normalization == hub_model.normalization
+
+
+def test_truncated_checkpoint_says_so_with_its_size(tmp_path, model, cells):
+    """A kill mid-copy or a full disk leaves half a file: name that, not a generic failure."""
+    path = save_checkpoint(tmp_path / "m.pt", model, cells)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(GeovitError, match=rf"truncated/incomplete \({len(data) // 3:,} bytes\)"):
+        load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(GeovitError, match=r"truncated/incomplete \(0 bytes\)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("temperature", float("nan"), "temperature"),
+        ("temperature", -1.0, "temperature"),
+        ("std", [0.2, 0.0, 0.2], "std"),
+        ("mean", [0.5, float("inf"), 0.5], "mean"),
+        ("image_size", 0, "image_size"),
+    ],
+)
+def test_malformed_values_are_rejected_on_load(tmp_path, model, cells, key, value, words):
+    """A NaN temperature used to load fine and turn every probability into NaN."""
+    path = save_checkpoint(tmp_path / "m.pt", model, cells)
+    raw = torch.load(path, weights_only=True)
+    raw[key] = value
+    torch.save(raw, path)
+    with pytest.raises(GeovitError, match=words):
+        load_checkpoint(path)

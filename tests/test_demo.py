@@ -86,6 +86,17 @@ def test_model_card_agrees_with_metrics_json(demo) -> None:
     ):
         assert section in card
     assert f"{100 * acc['top1']:.2f}%" in card
+    # Usage snippet, the data-limit settings, and no free-text `datasets:` for a synthetic world.
+    assert "## How to use" in card and 'geovit.load("model.pt")' in card
+    assert "| limit_train_batches |" in card
+
+
+def test_limited_run_note_says_how_much_data_an_epoch_saw() -> None:
+    from geovit.card import limited_run_note
+
+    assert limited_run_note({"limit_train_batches": 1.0, "limit_val_batches": 1.0}) == ""
+    note = limited_run_note({"limit_train_batches": 0.25, "limit_val_batches": 3})
+    assert "25% of the training batches" in note and "only 3 validation batches" in note
 
 
 def test_datasheet_counts_match_the_data(demo) -> None:

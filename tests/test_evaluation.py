@@ -17,13 +17,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import geovit
-from geovit import evaluation
+from geovit import calibration, evaluation
 from geovit.checkpoint import load_checkpoint
 from geovit.cli import app
 from geovit.data.images import build_transform, decode_image
 from geovit.data.manifest import load_manifest
 from geovit.errors import GeovitError
 from geovit.metrics import GeoMetrics, reverse_geocode
+from geovit.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +140,31 @@ def test_calibrate_fits_on_raw_logits(predictor, manifest):
 def test_cli_evaluate_and_calibrate(tiny_checkpoint, tiny_world, tmp_path):
     model = Path(shutil.copy(tiny_checkpoint, tmp_path / "model.pt"))
     runner = CliRunner()
-    res = runner.invoke(
-        app,
-        ["calibrate", "-c", str(model), "-d", str(tiny_world), "--max-images", "10"],
+    before = model.read_bytes()
+    args = ["calibrate", "-c", str(model), "-d", str(tiny_world), "--max-images", "10"]
+    res = runner.invoke(app, [*args, "--split", "train", "--check-split", "val"])
+    assert res.exit_code == 0, res.output
+    assert model.read_bytes() == before and "unchanged" in res.stdout  # kept unless asked
+    # Before/after on the fitted split and on val, recomputed here from the logits.
+    manifest = load_manifest(tiny_world)[0]
+    predictor = Predictor.from_checkpoint(model)
+    fit = evaluation.calibrate(predictor, manifest, "train", batch_size=8, max_images=10)
+    val = calibration.score_temperature(
+        *evaluation.split_logits(predictor, manifest, "val", max_images=10), fit.temperature
     )
+    assert val.n_images > 0
+    for name, f in (("train (fit)", fit), ("val ", val)):
+        row = next(line for line in res.stdout.splitlines() if name in line)
+        for v in (f.ece_before, f.ece_after, f.nll_before, f.nll_after):
+            assert f"{v:.4f}" in row
+    copy = tmp_path / "calibrated.pt"
+    res = runner.invoke(app, [*args, "--out", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert model.read_bytes() == before and load_checkpoint(copy).temperature != 1.0
+    res = runner.invoke(app, [*args, "--in-place"])
     assert res.exit_code == 0, res.output
     stored = load_checkpoint(model).temperature
-    assert stored != 1.0 and f"{stored:.4f}" in res.stdout
+    assert stored == load_checkpoint(copy).temperature and f"{stored:.4f}" in res.stdout
 
     out = tmp_path / "eval"
     res = runner.invoke(

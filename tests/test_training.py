@@ -90,6 +90,7 @@ def toy_run(
     n_val: int = 24,
     callbacks=(),
     resume=None,
+    overwrite=False,
     **overrides,
 ):
     cells = toy_cells()
@@ -104,7 +105,9 @@ def toy_run(
     dm = GeoDataModule(
         ToyImages(cells, n_train, seed=1), val, val.coords, batch_size=cfg.batch_size, seed=cfg.seed
     )
-    result = fit(module, dm, out, resume=resume, progress=False, callbacks=callbacks)
+    result = fit(
+        module, dm, out, resume=resume, progress=False, callbacks=callbacks, overwrite=overwrite
+    )
     return module, result
 
 
@@ -364,6 +367,24 @@ def test_train_cli_archs_and_per_part_weight_sources(tmp_path, tiny_world, tiny_
     wrong = CliRunner().invoke(app, [*base, *other])
     assert wrong.exit_code == 2 and "does not fit cnn resnet34" in wrong.output
     assert not (tmp_path / "w" / "last.ckpt").exists()
+
+
+def test_stage_warning_names_the_stages_that_run():
+    """--epochs 2 with the default --freeze-epochs 3 trains the heads only: say so."""
+    from geovit.training import TrainConfig
+
+    short = TrainConfig(epochs=2)
+    assert short.stage_spans() == [("heads", 0, 1)]
+    note = short.stage_warning()
+    assert "heads (epochs 0-1)" in note and "skipped: full, vit" in note
+    mid = TrainConfig(epochs=10)
+    assert mid.stage_spans() == [("heads", 0, 2), ("full", 3, 9)]
+    assert "skipped: vit" in mid.stage_warning()
+    assert TrainConfig().stage_warning() is None  # 23 epochs: 0-2, 3-19, 20-22
+    assert TrainConfig().stage_spans() == [("heads", 0, 2), ("full", 3, 19), ("vit", 20, 22)]
+    # The schedule itself agrees: stage(epoch) over the epochs gives the same spans.
+    assert [short.stage(e) for e in range(2)] == [0, 0]
+    assert {mid.stage(e) for e in range(10)} == {0, 1}
 
 
 @pytest.mark.parametrize("monitor", ["val/acc1", "val/median_km", "val/geoscore", "val/loss"])

@@ -7,7 +7,7 @@ the validation split by minimum NLL fixes the first without changing any predict
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,6 +41,28 @@ def _ece_at(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float
     logp = log_softmax(np.asarray(logits, dtype=np.float64) / temperature)
     top = logp.argmax(axis=1)
     return expected_calibration_error(np.exp(logp.max(axis=1)), top == labels)
+
+
+def score_temperature(logits: np.ndarray, labels: np.ndarray, temperature: float) -> TemperatureFit:
+    """NLL and ECE of softmax(logits / T) against T = 1 on these images (labelled ones only):
+    how a temperature fitted elsewhere does here."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    keep = labels >= 0
+    logits, labels = logits[keep], labels[keep]
+    if len(labels) == 0:
+        raise GeovitError(
+            "no images with a cell label to score a temperature on; "
+            "check that the split has images inside the checkpoint's cells"
+        )
+    return TemperatureFit(
+        temperature=temperature,
+        n_images=len(labels),
+        nll_before=nll_at(logits, labels, 1.0),
+        nll_after=nll_at(logits, labels, temperature),
+        ece_before=_ece_at(logits, labels, 1.0),
+        ece_after=_ece_at(logits, labels, temperature),
+    )
 
 
 def fit_temperature(
@@ -78,12 +100,4 @@ def fit_temperature(
             fb = nll_at(logits, labels, math.exp(b))
     t = math.exp((lo + hi) / 2.0)
     edge = min(abs(math.log(t) - math.log(bounds[0])), abs(math.log(t) - math.log(bounds[1])))
-    return TemperatureFit(
-        temperature=t,
-        n_images=len(labels),
-        nll_before=nll_at(logits, labels, 1.0),
-        nll_after=nll_at(logits, labels, t),
-        ece_before=_ece_at(logits, labels, 1.0),
-        ece_after=_ece_at(logits, labels, t),
-        at_bound=edge < 10 * tol,
-    )
+    return replace(score_temperature(logits, labels, t), at_bound=edge < 10 * tol)

@@ -133,6 +133,17 @@ def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Data
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
+def limited_run_note(tcfg: Mapping[str, Any]) -> str:
+    """Say so when epochs saw only part of the data (Lightning's limit_*_batches)."""
+    out = []
+    for key, what in (("limit_train_batches", "training"), ("limit_val_batches", "validation")):
+        v = tcfg.get(key, 1.0)
+        if v != 1.0:
+            share = f"{v:.0%} of the" if isinstance(v, float) else f"only {v}"
+            out.append(f"each epoch used {share} {what} batches ({key} = {v})")
+    return ("**Limited run**: " + "; ".join(out) + ".\n") if out else ""
+
+
 def _stages(train: Mapping[str, Any]) -> str:
     cfg = train.get("config", {})
     epochs, freeze, refreeze = (
@@ -213,6 +224,8 @@ def model_card(
             "precision",
             "hflip",
             "seed",
+            "limit_train_batches",
+            "limit_val_batches",
         )
         if k in tcfg
     ]
@@ -268,8 +281,24 @@ geovit; this card was generated from the checkpoint and its `metrics.json`.
 - {n_params:,} parameters; initialised from {pretrained}.
 - Softmax temperature: {ckpt.temperature:.4f} ({calibrated}).
 
+## How to use
+```bash
+pip install geovit
+geovit predict --checkpoint model.pt photo.jpg --top-k 5
+geovit map --checkpoint model.pt photo.jpg --out map.png
+```
+
+```python
+import geovit
+
+model = geovit.load("model.pt")
+guess = model.predict("photo.jpg", top_k=5)
+print(guess.tokens, guess.probs, guess.best_lat, guess.best_lon)
+```
+
 ## Training
 {_stages(train)}
+{limited_run_note(tcfg)}
 
 {_table(["hyper-parameter", "value"], hyper) if hyper else ""}
 

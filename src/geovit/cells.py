@@ -14,16 +14,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from numpy.typing import ArrayLike
 
 from geovit import s2
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write
+
+if TYPE_CHECKING:
+    import pandas as pd
+# pandas and pyarrow are imported where used: the CLI imports this module for its defaults, and
+# `geovit --help` must not pay for them.
 from geovit.geo import latlon_to_xyz, xyz_to_latlon
 
 T1_DEFAULT = 100
@@ -87,6 +90,8 @@ def _split(
 
 def _majority_names(labels: np.ndarray, names: ArrayLike, k: int) -> np.ndarray:
     """Most common non-empty name per class; ties go to the alphabetically first name."""
+    import pandas as pd
+
     names = pd.Series(np.asarray(names, dtype=object).ravel()).replace("", None)
     codes, uniques = pd.factorize(names, sort=True)
     voters = (labels >= 0) & (codes >= 0)
@@ -213,6 +218,8 @@ class CellPartition:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per class (class order), plus the partition's settings as constant columns."""
+        import pandas as pd
+
         df = pd.DataFrame(
             {
                 "token": self.tokens,
@@ -264,6 +271,9 @@ class CellPartition:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write one Parquet file atomically, stamped with the schema version."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         table = pa.Table.from_pandas(self.to_frame(), preserve_index=False)
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), _VERSION_KEY: SCHEMA_VERSION.encode()}
@@ -273,6 +283,9 @@ class CellPartition:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CellPartition:
         """Read a file written by save(); a missing, foreign or garbled file is a GeovitError."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         path = Path(path)
         if not path.is_file():
             raise GeovitError(

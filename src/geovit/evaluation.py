@@ -154,7 +154,7 @@ def majority_baseline(
     }
 
 
-def calibrate(
+def split_logits(
     predictor: Predictor,
     manifest: pd.DataFrame,
     split: str = "val",
@@ -164,11 +164,12 @@ def calibrate(
     max_images: int = 20_000,
     seed: int = 0,
     progress: Progress | None = None,
-) -> TemperatureFit:
-    """Fit the temperature on (a seeded sample of at most ``max_images`` of) one split.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits (T = 1) and cell labels of (a seeded sample of at most ``max_images`` of) one
+    split, readable images only.
 
-    Unlike evaluation the fit needs every logit at once, hence the cap: 20k images x 2k cells is
-    160 MB of float32.
+    Unlike evaluation a temperature fit needs every logit at once, hence the cap: 20k images x
+    2k cells is 160 MB of float32.
     """
     rows = split_rows(manifest, split)
     if len(rows) > max_images:
@@ -187,7 +188,14 @@ def calibrate(
             f"none of the {len(rows)} {split!r} images could be read; check the image paths"
         )
     idx = np.concatenate([i for i, _ in parts])
-    return fit_temperature(np.concatenate([lg for _, lg in parts]), labels[idx])
+    return np.concatenate([lg for _, lg in parts]), labels[idx]
+
+
+def calibrate(
+    predictor: Predictor, manifest: pd.DataFrame, split: str = "val", **kw: Any
+) -> TemperatureFit:
+    """Fit the temperature on one split (``split_logits``'s options)."""
+    return fit_temperature(*split_logits(predictor, manifest, split, **kw))
 
 
 # ----------------------------------------------------------------------------- writers

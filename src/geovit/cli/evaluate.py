@@ -116,6 +116,15 @@ def calibrate(
     checkpoint: Path = CHECKPOINT,
     data: Path = DATA,
     split: str = typer.Option("val", help="Split to fit the temperature on (never test)."),
+    check_split: str = typer.Option(
+        "val", help="Split on which ECE/NLL before and after are also reported."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Write the calibrated checkpoint here (the original is kept)."
+    ),
+    in_place: bool = typer.Option(
+        False, "--in-place", help="Rewrite CHECKPOINT with the fitted temperature."
+    ),
     max_images: int = typer.Option(
         20_000, help="Fit on a seeded sample of at most this many images."
     ),
@@ -131,45 +140,65 @@ def calibrate(
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
 ) -> None:
-    """Fit a softmax temperature on the validation split and store it in the checkpoint."""
+    """Fit a softmax temperature and report ECE/NLL before and after on the fitted split and on
+    --check-split; store it only with --out (a copy) or --in-place."""
+    from geovit.calibration import fit_temperature, score_temperature
     from geovit.checkpoint import set_temperature
-    from geovit.evaluation import calibrate as fit_on_split
-    from geovit.evaluation import split_rows
+    from geovit.evaluation import split_logits, split_rows
     from geovit.predictor import Predictor
 
+    if out is not None and in_place:
+        raise GeovitError("give --out or --in-place, not both")
     set_threads(threads, workers)
     predictor = Predictor.from_checkpoint(checkpoint)
     columns = TableColumns(image_col, lat_col, lon_col, image_template)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
-    n = min(len(split_rows(manifest, split)), max_images)
-    with track(f"logits of {split}", n) as advance:
-        fit = fit_on_split(
-            predictor,
-            manifest,
-            split,
-            batch_size=batch_size,
-            workers=workers,
-            max_images=max_images,
-            progress=advance,
-        )
+    kw = {"batch_size": batch_size, "workers": workers, "max_images": max_images}
+
+    def logits_of(name: str):
+        n = min(len(split_rows(manifest, name)), max_images)
+        with track(f"logits of {name}", n) as advance:
+            return split_logits(predictor, manifest, name, progress=advance, **kw)
+
+    fit = fit_temperature(*logits_of(split))
     if fit.at_bound:
         err_console.print(
             f"[yellow]warning:[/] the best temperature lies at the search bound "
             f"({fit.temperature:.3g}), so the fit is unreliable: is the model trained?",
             highlight=False,
         )
-    set_temperature(checkpoint, fit.temperature)
+    checks = [(f"{split} (fit)", fit)]
+    if check_split != split:
+        checks.append((check_split, score_temperature(*logits_of(check_split), fit.temperature)))
     table = Table(
-        "",
-        "T = 1",
-        f"T = {fit.temperature:.4f}",
-        title=f"temperature fit on {fit.n_images} {split} images",
+        "split",
+        "images",
+        "NLL before",
+        "NLL after",
+        "ECE before",
+        "ECE after",
+        title=f"temperature T = {fit.temperature:.4f} (before: T = 1; ECE: 15 bins, top-1)",
         title_justify="left",
     )
-    table.add_row("NLL", f"{fit.nll_before:.4f}", f"{fit.nll_after:.4f}")
-    table.add_row("ECE (15 bins)", f"{fit.ece_before:.4f}", f"{fit.ece_after:.4f}")
+    for name, f in checks:
+        table.add_row(name, str(f.n_images), f"{f.nll_before:.4f}", f"{f.nll_after:.4f}",
+                      f"{f.ece_before:.4f}", f"{f.ece_after:.4f}")  # fmt: skip
     console.print(table)
-    console.print(f"stored temperature {fit.temperature:.4f} in {checkpoint}", highlight=False)
+    for name, f in checks:
+        if f.ece_after > f.ece_before:
+            err_console.print(
+                f"[yellow]warning:[/] the fitted temperature makes ECE worse on {name} "
+                f"({f.ece_before:.4f} -> {f.ece_after:.4f}); it minimizes NLL, not ECE",
+                highlight=False,
+            )
+    if out is None and not in_place:
+        console.print(
+            f"{checkpoint} unchanged: pass --out FILE for a calibrated copy or --in-place",
+            highlight=False,
+        )
+        return
+    written = set_temperature(checkpoint, fit.temperature, out=out)
+    console.print(f"stored temperature {fit.temperature:.4f} in {written}", highlight=False)
 
 
 def _prediction_table(path: str, pred: Prediction) -> Table:

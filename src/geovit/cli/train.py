@@ -21,6 +21,7 @@ from geovit.cli._common import (
     VAL_SPLIT,
     TableColumns,
     console,
+    err_console,
     friendly,
     load_split_manifest,
     set_threads,
@@ -94,6 +95,9 @@ def train(
     limit_train_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     limit_val_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
+    overwrite: bool = typer.Option(
+        False, help="Replace the run already in --out (its checkpoints, model.pt and logs)."
+    ),
     progress: bool = typer.Option(True, help="Rich progress bars."),
 ) -> None:
     """Train GeoViT on DATA's train split (three stages), validating on its val split."""
@@ -127,6 +131,8 @@ def train(
         limit_val_batches=_batches(limit_val_batches),
         **({"monitor": monitor.value} if monitor else {}),
     )
+    if (note := config.stage_warning()) is not None:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
     processes = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
     set_threads(threads, workers, processes)
     if resume is not None:
@@ -161,11 +167,17 @@ def train(
     result, data_report = run_training(
         manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build,
         notify=rank_zero_only(lambda line: console.print(line, highlight=False, soft_wrap=True)),
+        overwrite=overwrite,
     )  # fmt: skip
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
     for line in data_report.lines():
         console.print(line, highlight=False)
+    bad = ", ".join(f"{k.split('/')[0]} {v}" for k, v in result.bad_images.items() if v)
+    if bad:
+        console.print(f"unreadable images skipped in the last epoch: {bad} (see the warnings)")
+    if result.interrupted:
+        _report_interrupt(result)
     best = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best.items()))
     kept = result.kept
     console.print(
@@ -177,6 +189,37 @@ def train(
     console.print(
         f"checkpoints: {result.best_ckpt}, {result.last_ckpt}; model: {result.model_path}"
     )
+
+
+def resume_command(argv: list[str], last_ckpt: Path) -> str:
+    """The command line that continues an interrupted run: the same one with --resume."""
+    import shlex
+
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith(("--resume=", "--overwrite", "--no-overwrite")):
+            kept.append(arg)
+    return shlex.join(["geovit", *kept, "--resume", str(last_ckpt)])
+
+
+def _report_interrupt(result) -> None:
+    """After Ctrl-C/SIGTERM: say what was kept and how to continue, exit 130."""
+    import sys
+
+    if not result.last_ckpt.is_file():
+        err_console.print("interrupted before the first epoch completed: nothing was saved")
+        raise typer.Exit(130)
+    err_console.print(
+        f"interrupted: {result.last_ckpt} holds the last complete epoch and {result.model_path} "
+        f"the best one; resume with:\n  {resume_command(sys.argv[1:], result.last_ckpt)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(130)
 
 
 def _batches(value: float) -> int | float:
