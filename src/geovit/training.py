@@ -196,6 +196,9 @@ class EpochSeededLoader(DataLoader):
     def __iter__(self):
         t = self._trainer
         self.generator.manual_seed(epoch_seed(self._seed, self.epoch, t.global_rank, 1))
+        if hasattr(self.sampler, "set_epoch"):
+            # worker prefetching draws the first indices now, before Lightning sets the epoch
+            self.sampler.set_epoch(self.epoch)
         return super().__iter__()
 
 
