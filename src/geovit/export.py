@@ -18,9 +18,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from geovit import __version__
 from geovit.cells import CellPartition
-from geovit.checkpoint import LoadedCheckpoint, cells_to_dict, contract_fields, load_checkpoint
+from geovit.checkpoint import LoadedCheckpoint, contract_fields, load_checkpoint
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write, write_text
 from geovit.modelfolder import write_folder
@@ -74,17 +73,12 @@ def export_onnx(
             "try another --opset or report the model config"
         ) from exc
     atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
+    # The checkpoint contract itself (all but the weights, which are the .onnx file).
     sidecar = {
         "format": SIDECAR_FORMAT,
-        "geovit_version": __version__,
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
-        "image_size": size,
-        "mean": list(ckpt.mean),
-        "std": list(ckpt.std),
-        "temperature": float(ckpt.temperature),
-        "model_config": ckpt.config.to_dict(),
-        "cells": cells_to_dict(ckpt.cells),
+        **contract_fields(ckpt.model, ckpt.cells, train=ckpt.train, temperature=ckpt.temperature),
     }
     write_text(sidecar_path(out), json.dumps(sidecar))
     return out
