@@ -27,16 +27,15 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import io
 import json
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
@@ -54,7 +53,7 @@ from geovit.metrics import GeoMetrics
 from geovit.model import model_config
 from geovit.monitor import Monitor
 from geovit.predictor import Predictor
-from geovit.training import GeoViTModule, TrainConfig, build_datamodule, fit
+from geovit.training import TrainConfig, train
 
 FRACTIONS = (0.7, 0.1, 0.2)  # train / val / test share of the groups' rows
 WITHIN_KM = ("25", "200", "750", "2500")
@@ -257,7 +256,7 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def train_run(
     args: argparse.Namespace, manifest: pd.DataFrame, cells: CellPartition
 ) -> tuple[Any, Path]:
-    """geovit's training (module + datamodule + fit); returns (TrainResult, per-epoch folder)."""
+    """geovit's training; returns (TrainResult, folder of the per-epoch checkpoints)."""
     mcfg = model_config(args.preset, len(cells), **model_overrides(args))
     tcfg = TrainConfig(
         epochs=args.epochs,
@@ -275,16 +274,14 @@ def train_run(
         seed=args.seed,
         **({"monitor": args.monitor} if args.monitor else {}),
     )
-    L.seed_everything(tcfg.seed, workers=True, verbose=False)
-    module = GeoViTModule(mcfg, cells, tcfg)
-    mean, std = module.model.normalization
-    dm, report = build_datamodule(
-        manifest, cells, image_size=mcfg.image_size, mean=mean, std=std, config=tcfg
-    )
-    module.data_info = dataclasses.asdict(report)
     epochs_dir = Path(args.out) / "epochs"
+    if args.overwrite:
+        shutil.rmtree(epochs_dir, ignore_errors=True)  # the bench's own files; geovit clears its
     callbacks = [EveryEpoch(epochs_dir)] if args.every_epoch else []
-    result = fit(module, dm, args.out, progress=False, callbacks=callbacks)
+    result, _ = train(
+        manifest, cells, args.out, mcfg, tcfg, progress=False, notify=print, callbacks=callbacks,
+        overwrite=args.overwrite,
+    )  # fmt: skip
     return result, epochs_dir
 
 
@@ -365,6 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--draws", type=int, default=20, help="random_prior draws averaged")
     ap.add_argument("--monitor", help="val metric that picks model.pt (default: geovit's)")
     ap.add_argument("--every-epoch", action="store_true", help="score each epoch's weights")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     ap.add_argument("--baselines-only", action="store_true", help="no training")
     return ap.parse_args(argv)
 

@@ -1,5 +1,6 @@
 """Adaptive partition against a brute-force recursive reference built on s2geometry."""
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -297,3 +298,42 @@ def test_cli_build_from_coordinates_only_with_all_points(tmp_path):
     split = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "train.parquet")])
     assert split.exit_code == 0, split.output
     assert 0 < CellPartition.load(tmp_path / "train.parquet").n_points < lat.size
+
+
+class _Counting:
+    """Wraps a function and records the size of its first argument on each call."""
+
+    def __init__(self, fn):
+        self.fn, self.sizes = fn, []
+
+    def __call__(self, ids, *args, **kw):
+        self.sizes.append(np.size(ids))
+        return self.fn(ids, *args, **kw)
+
+
+def test_cell_facts_are_computed_once_from_read_only_arrays(monkeypatch):
+    from geovit import s2 as gs2
+
+    lat, lon = clustered_points(13, n=800)
+    cells = CellPartition.build(lat, lon, t1=50, t2=5)
+    tokens, corners = _Counting(gs2.cell_id_to_token), _Counting(gs2.cell_vertices_xyz)
+    monkeypatch.setattr(gs2, "cell_id_to_token", tokens)
+    monkeypatch.setattr(gs2, "cell_vertices_xyz", corners)
+    ref = [s2.S2CellId(int(c)).ToToken() for c in cells.cell_ids]
+    assert [cells.tokens[i] for i in range(len(cells))] == ref
+    assert tokens.sizes == [len(cells)]  # once for all K, not once per access
+    p_lat, _ = cells.polygons()
+    cells.polygons()
+    assert corners.sizes == [len(cells)]
+    np.testing.assert_array_equal(cells.polygons([2, 0])[0], p_lat[[2, 0]])
+    assert corners.sizes == [len(cells), 2]  # a subset computes only its own corners
+    # Nothing can change the arrays behind the cache: they are read-only copies.
+    ids = cells.cell_ids.copy()
+    with pytest.raises(ValueError, match="read-only"):
+        cells.cell_ids[0] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        cells.tokens[0] = "x"
+    mine = ids.copy()
+    copy = dataclasses.replace(cells, cell_ids=mine)
+    mine[0] = 0  # the caller's own array stays writable, the partition keeps its copy
+    np.testing.assert_array_equal(copy.cell_ids, ids)

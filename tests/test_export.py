@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from geovit.checkpoint import load_checkpoint, set_temperature
+from geovit.checkpoint import CONTRACT_KEYS, load_checkpoint, set_temperature
 from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.export import METADATA_KEY, OnnxPredictor, export_onnx, load_predictor, sidecar_path
@@ -75,6 +75,9 @@ def test_export_writes_one_valid_model_with_its_sidecar_embedded(exported, tiny_
     assert meta["temperature"] == pytest.approx(TEMPERATURE)
     assert tuple(meta["mean"]) == loaded.mean and tuple(meta["std"]) == loaded.std
     pd.testing.assert_frame_equal(pd.DataFrame(meta["cells"]), loaded.cells.to_frame())
+    # The sidecar is the checkpoint contract minus the weights (the .onnx file holds those).
+    assert set(CONTRACT_KEYS) - set(meta) == {"state_dict"}
+    assert meta["train"] == loaded.train
 
 
 def test_onnx_logits_match_torch_for_any_batch(exported, tiny_image_size):

@@ -566,3 +566,35 @@ def test_an_existing_file_with_double_colon_in_its_name_is_a_file(tmp_path: Path
     assert refs["colon"] == str(tmp_path / "shot::1.jpg")
     assert read_image_bytes(refs["colon"]) == plain == (tmp_path / "shot::1.jpg").read_bytes()
     assert read_image_bytes(refs["zip"]) == jpeg_bytes(7)  # a real member is still a member
+
+
+def test_locate_image_reads_one_row_without_indexing_or_validating(
+    tiny_world, tmp_path, monkeypatch
+):
+    """The photo's location is its manifest row's, found without the image index, the
+    per-image checks or the split assignment that load_manifest runs over every image."""
+    import geovit.data.manifest as manifest_module
+
+    manifest, _ = load_manifest(tiny_world)
+    row = manifest[manifest["split"] == "test"].iloc[3]
+
+    def forbidden(*a, **k):
+        raise AssertionError("the whole dataset was indexed or validated")
+
+    for name in ("index_images", "validate", "assign_splits", "read_image_bytes"):
+        monkeypatch.setattr(manifest_module, name, forbidden)
+    locate = manifest_module.locate_image
+    assert locate(tiny_world, row["image"]) == (row["latitude"], row["longitude"])
+    assert locate(tiny_world, tmp_path / "stray.jpg") is None
+    # A table: by path (relative to the table) or id; a row without valid coordinates is absent.
+    pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "image": ["x/a.jpg", "x/b.jpg"],
+            "lat": ["10.5", "nan"],
+            "lon": ["20", "3"],
+        }
+    ).to_csv(tmp_path / "t.csv", index=False)
+    assert locate(tmp_path / "t.csv", tmp_path / "x" / "a.jpg") == (10.5, 20.0)
+    assert locate(tmp_path / "t.csv", tmp_path / "elsewhere" / "a.jpg") == (10.5, 20.0)  # by id
+    assert locate(tmp_path / "t.csv", tmp_path / "x" / "b.jpg") is None

@@ -3,6 +3,7 @@ GeoJSON rings checked against s2 cell assignment with matplotlib's point-in-poly
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ from geovit.maps import (
     choose_projection,
     densify,
     map_image,
+    partition_geojson,
     probability_map,
     probability_map_html,
 )
@@ -187,6 +189,60 @@ def test_map_agrees_with_predict(predictor, photo, tmp_path, offline):
     assert data["top"] == [int(i) for i in pred.indices]
     assert data["tokens"] == [str(t) for t in predictor.cells.tokens]
     assert data["truth"] is not None
+
+
+class _Calls:
+    """Wraps a function and records the size of its first argument on each call."""
+
+    def __init__(self, fn):
+        self.fn, self.sizes = fn, []
+
+    def __call__(self, first, *args, **kw):
+        self.sizes.append(np.size(first))
+        return self.fn(first, *args, **kw)
+
+
+def test_one_map_builds_the_geometry_once_from_cached_corners(
+    predictor, photo, tmp_path, offline, monkeypatch
+):
+    import geovit.maps as maps_module
+    from geovit import s2 as gs2
+
+    fresh = dataclasses.replace(predictor.cells)  # no cached facts yet
+    monkeypatch.setattr(predictor, "cells", fresh)
+    calls = {
+        "geometry": _Calls(maps_module.cell_geometry),
+        "corners": _Calls(gs2.cell_vertices_xyz),
+        "tokens": _Calls(gs2.cell_id_to_token),
+        "to_xyz": _Calls(maps_module.latlon_to_xyz),
+    }
+    monkeypatch.setattr(maps_module, "cell_geometry", calls["geometry"])
+    monkeypatch.setattr(maps_module, "latlon_to_xyz", calls["to_xyz"])
+    monkeypatch.setattr(gs2, "cell_vertices_xyz", calls["corners"])
+    monkeypatch.setattr(gs2, "cell_id_to_token", calls["tokens"])
+    k = len(fresh)
+    map_image(predictor, photo, lat=40.7, lon=-111.9, png=tmp_path / "m.png",
+              html_path=tmp_path / "m.html")  # fmt: skip
+    assert len(calls["geometry"].sizes) == 1  # the PNG and the HTML share one geometry
+    assert calls["corners"].sizes == [k]
+    assert calls["tokens"].sizes == [k]
+    # The corners go from S2's unit vectors to the densified polygons directly, never through
+    # degrees and back (only single points, the truth line's ends, are converted).
+    assert all(n <= 2 for n in calls["to_xyz"].sizes)
+
+
+def test_partition_geojson_is_linear_in_the_cells(predictor, monkeypatch):
+    from geovit import s2 as gs2
+
+    fresh = dataclasses.replace(predictor.cells)
+    tokens, corners = _Calls(gs2.cell_id_to_token), _Calls(gs2.cell_vertices_xyz)
+    monkeypatch.setattr(gs2, "cell_id_to_token", tokens)
+    monkeypatch.setattr(gs2, "cell_vertices_xyz", corners)
+    fc = partition_geojson(fresh)
+    assert len(fc["features"]) == len(fresh)
+    assert [f["properties"]["token"] for f in fc["features"]] == list(fresh.tokens)
+    assert tokens.sizes == [len(fresh)]  # once for the partition, not once per cell
+    assert corners.sizes == [len(fresh)]
 
 
 def test_html_is_self_contained(predictor, tmp_path, offline):

@@ -282,6 +282,24 @@ def test_temperature_fit_recovers_overconfidence():
         assert nll_at(true_logits[inside] * 3.0, labels[inside], t) >= fit.nll_after
 
 
+def test_temperature_fit_is_the_brute_force_grid_minimum():
+    """The bounded search lands on the minimum of the NLL over a fine log-T grid (the grid
+    spacing is the tolerance), as the earlier golden-section search did."""
+    from geovit.calibration import fit_temperature, nll_at
+
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(1500, 12)) * 4.0
+    labels = rng.integers(0, 12, 1500)
+    labels[:600] = logits[:600].argmax(1)  # partly informative: an interior optimum
+    grid = np.exp(np.linspace(np.log(0.2), np.log(20.0), 4001))
+    nll = np.array([nll_at(logits, labels, t) for t in grid])
+    fit = fit_temperature(logits, labels)
+    step = np.log(grid[1] / grid[0])
+    assert abs(np.log(fit.temperature) - np.log(grid[nll.argmin()])) <= step
+    assert fit.nll_after <= nll.min() + 1e-9
+    assert not fit.at_bound
+
+
 def test_temperature_fit_flags_signal_free_logits():
     from geovit.calibration import T_MAX, fit_temperature
 

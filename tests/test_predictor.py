@@ -74,6 +74,17 @@ def test_predict_accepts_path_pil_bytes_and_lists(predictor, photos):
         np.testing.assert_allclose(pred.probs, single.probs, rtol=1e-4)
 
 
+def test_predict_many_always_returns_a_list(predictor, photos):
+    assert predictor.predict_many([]) == []
+    one = predictor.predict_many([photos[0]], top_k=3)
+    assert isinstance(one, list) and len(one) == 1
+    np.testing.assert_array_equal(one[0].indices, predictor.predict(photos[0], top_k=3).indices)
+    many = predictor.predict_many(tuple(photos), top_k=3)
+    assert [p.indices.tolist() for p in many] == [
+        p.indices.tolist() for p in predictor.predict(photos, top_k=3)
+    ]
+
+
 def test_temperature_is_applied_and_loaded(tiny_checkpoint, predictor, photos, tmp_path):
     assert predictor.temperature == 1.0
     hot_path = shutil.copy(tiny_checkpoint, tmp_path / "hot.pt")

@@ -200,3 +200,44 @@ def test_report_bad_inputs(tiny_checkpoint, tiny_world, tmp_path):
         ],
     )
     assert res.exit_code == 2 and "--metrics" in res.output
+
+
+def test_report_streams_the_split_once_and_decodes_each_gallery_photo_once_more(
+    tiny_checkpoint, tiny_world, tmp_path, offline, monkeypatch
+):
+    import geovit.data.images
+    import geovit.evaluation
+    from geovit.evaluation import evaluate, evaluate_with_images
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    manifest, _ = load_manifest(tiny_world)
+    # The one pass gives evaluate's metrics and example_stats's numbers, unchanged.
+    metrics, stats = evaluate_with_images(predictor, manifest, "test", places=False)
+    assert metrics == evaluate(predictor, manifest, "test", places=False)
+    test = manifest[manifest.split == "test"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(stats, example_stats(predictor, test))
+
+    passes, reads = [], []
+    stream, read = geovit.evaluation.stream_logits, geovit.data.images.read_image_bytes
+
+    def counted_stream(*a, **k):
+        passes.append(1)
+        return stream(*a, **k)
+
+    def counted_read(ref):
+        reads.append(str(ref))
+        return read(ref)
+
+    monkeypatch.setattr(geovit.evaluation, "stream_logits", counted_stream)
+    monkeypatch.setattr(geovit.report, "stream_logits", counted_stream)
+    monkeypatch.setattr(geovit.data.images, "read_image_bytes", counted_read)
+    geovit.report.build_report(
+        predictor, manifest, tmp_path / "rep", per_kind=1, patch=16, stride=16
+    )
+    page = (tmp_path / "rep" / "report.html").read_text()
+    n_gallery = page.count("<figure>")
+    assert n_gallery >= 1
+    assert len(passes) == 1
+    counts = pd.Series(reads).value_counts()
+    assert len(counts) == len(test)  # every image read in the pass ...
+    assert (counts == 2).sum() == n_gallery and counts.max() == 2  # ... gallery photos once more

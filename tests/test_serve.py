@@ -7,6 +7,7 @@ vertices and matplotlib's point-in-polygon for the GeoJSON, hand-made broken fil
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import re
 import struct
@@ -99,6 +100,30 @@ def test_predict_matches_the_predictor(client, predictor, photo):
     width, height = Image.open(io.BytesIO(photo)).size
     assert body["image"] == {"width": width, "height": height}
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] > 0
+
+
+def test_predict_computes_tokens_once_and_corners_of_the_drawn_cells_only(
+    predictor, photo, monkeypatch
+):
+    from geovit import s2 as gs2
+
+    cells = dataclasses.replace(predictor.cells)  # a partition with nothing cached yet
+    fresh = Predictor(predictor.model, cells, predictor.mean, predictor.std,
+                      predictor.image_size, device="cpu")  # fmt: skip
+    sizes: dict[str, list[int]] = {"tokens": [], "corners": []}
+    for name, attr in (("tokens", "cell_id_to_token"), ("corners", "cell_vertices_xyz")):
+        fn = getattr(gs2, attr)
+
+        def counted(ids, *a, _fn=fn, _name=name, **kw):
+            sizes[_name].append(np.size(ids))
+            return _fn(ids, *a, **kw)
+
+        monkeypatch.setattr(gs2, attr, counted)
+    with TestClient(create_app(fresh, top_k=5)) as c:
+        for _ in range(2):
+            assert c.post("/predict", **upload(photo)).status_code == 200
+    assert sizes["tokens"] == [len(cells)]  # all K tokens once, for every request after
+    assert sizes["corners"] == [5, 5]  # only the 5 drawn cells' corners, per request
 
 
 def test_predict_accepts_png(client, photo):

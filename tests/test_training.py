@@ -305,7 +305,7 @@ def test_train_cli_on_tiny_world(tmp_path, tiny_world, tiny_cells):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "outside the kept cells" in result.output
-    assert "kept epoch" in result.output and "val/acc1 =" in result.output  # the default
+    assert "kept epoch" in result.output and "val/geoscore =" in result.output  # the default
     for name in ("best.ckpt", "last.ckpt", "model.pt", "logs/version_0/metrics.csv"):
         assert (out / name).is_file(), name
     assert list((out / "tb").rglob("events.out.tfevents.*"))

@@ -10,12 +10,12 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 from geovit.errors import GeovitError
 from geovit.metrics import expected_calibration_error, log_softmax
 
 T_MIN, T_MAX = 0.01, 100.0
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,10 @@ def fit_temperature(
     tol: float = 1e-5,
     bounds: tuple[float, float] = (T_MIN, T_MAX),
 ) -> TemperatureFit:
-    """Minimize the validation NLL over T by golden-section search on log T (deterministic).
+    """Minimize the validation NLL over T on log T by scipy's bounded Brent search.
 
     NLL is convex in 1/T (a log-sum-exp plus a linear term), hence unimodal in log T, which is
-    all golden-section search needs. Images without a class (label -1) carry no likelihood and
+    all a bounded scalar search needs. Images without a class (label -1) carry no likelihood and
     are left out.
     """
     logits = np.asarray(logits, dtype=np.float64)
@@ -87,17 +87,12 @@ def fit_temperature(
             "check that the --split has images inside the checkpoint's cells"
         )
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fa, fb = nll_at(logits, labels, math.exp(a)), nll_at(logits, labels, math.exp(b))
-    while hi - lo > tol:
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - _GOLDEN * (hi - lo)
-            fa = nll_at(logits, labels, math.exp(a))
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + _GOLDEN * (hi - lo)
-            fb = nll_at(logits, labels, math.exp(b))
-    t = math.exp((lo + hi) / 2.0)
-    edge = min(abs(math.log(t) - math.log(bounds[0])), abs(math.log(t) - math.log(bounds[1])))
+    best = minimize_scalar(
+        lambda log_t: nll_at(logits, labels, math.exp(log_t)),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": tol},
+    )
+    t = math.exp(float(best.x))
+    edge = min(abs(math.log(t) - lo), abs(math.log(t) - hi))
     return replace(score_temperature(logits, labels, t), at_bound=edge < 10 * tol)

@@ -12,7 +12,8 @@ cell's leaf-id range. Each level costs O(cells log N), so millions of points tak
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,7 +109,11 @@ def _majority_names(labels: np.ndarray, names: ArrayLike, k: int) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class CellPartition:
-    """Kept leaf cells of an adaptive partition; class k is the k-th smallest cell id."""
+    """Kept leaf cells of an adaptive partition; class k is the k-th smallest cell id.
+
+    Immutable: the per-class arrays are read-only copies, so facts derived from them (tokens,
+    corners) are computed once, on first use, and can never go stale.
+    """
 
     cell_ids: np.ndarray  # uint64 (K,), ascending
     levels: np.ndarray  # int (K,)
@@ -192,17 +197,36 @@ class CellPartition:
             max_level=int(max_level),
         )
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                object.__setattr__(self, f.name, _read_only(value.copy()))
+
     def __len__(self) -> int:
         return len(self.cell_ids)
 
-    @property
+    @cached_property
     def tokens(self) -> np.ndarray:
-        """S2 tokens of the classes, in class order."""
-        return s2.cell_id_to_token(self.cell_ids)
+        """S2 tokens of the classes, in class order (read-only, computed once)."""
+        return _read_only(s2.cell_id_to_token(self.cell_ids))
 
-    def polygons(self) -> tuple[np.ndarray, np.ndarray]:
-        """Corner lat (K, 4), lon (K, 4) of each class's cell, counter-clockwise (for maps)."""
-        return s2.cell_vertices(self.cell_ids)
+    @cached_property
+    def _corners_xyz(self) -> np.ndarray:
+        return _read_only(s2.cell_vertices_xyz(self.cell_ids))
+
+    def corners_xyz(self, indices: ArrayLike | None = None) -> np.ndarray:
+        """Corner unit vectors (n, 4, 3) of the given classes' cells (all by default),
+        counter-clockwise. All corners are computed once and kept (a map of every cell needs
+        them); given indices, only those cells' corners are computed (a top-k drawing)."""
+        if indices is None:
+            return self._corners_xyz
+        return s2.cell_vertices_xyz(self.cell_ids[np.asarray(indices, dtype=np.int64)])
+
+    def polygons(self, indices: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Corner lat (n, 4), lon (n, 4) of the given classes' cells (all by default),
+        counter-clockwise (for maps)."""
+        return xyz_to_latlon(self.corners_xyz(indices))
 
     def assign_leaf_ids(self, leaf_ids: ArrayLike) -> np.ndarray:
         """Class index (int64) of each S2 leaf id, -1 where no kept cell contains it."""
@@ -326,6 +350,11 @@ class CellPartition:
             "smallest_km2": float(area.min()),
             "largest_km2": float(area.max()),
         }
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def _label(cell_ids: np.ndarray, leaf_ids: np.ndarray) -> np.ndarray:

@@ -26,7 +26,13 @@ from geovit.data.shards import shard_split
 from geovit.errors import GeovitError
 from geovit.fileio import write_bytes, write_text
 from geovit.geo import haversine_km
-from geovit.metrics import PLACE_LEVELS, GeoMetrics, reverse_geocode
+from geovit.metrics import (
+    CONCENTRATION_RADIUS_KM,
+    PLACE_LEVELS,
+    GeoMetrics,
+    log_softmax,
+    reverse_geocode,
+)
 from geovit.predictor import Predictor
 
 if TYPE_CHECKING:
@@ -87,6 +93,41 @@ def _true_places(
     return labels
 
 
+def image_stats(
+    cells: CellPartition,
+    idx: np.ndarray,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    sequence: np.ndarray,
+) -> pd.DataFrame:
+    """Per image of one batch (row indices `idx` into the split's arrays, logits (B,K)): row,
+    label, top1, p1, correct, entropy (nats), mass_near_truth (probability on cells whose
+    centroid is < 200 km from the true location) and sequence (the image's drive)."""
+    logp = log_softmax(logits)
+    p = np.exp(logp)
+    top1 = p.argmax(axis=1)
+    near = haversine_km(lat[idx, None], lon[idx, None], cells.centroid_lat, cells.centroid_lon)
+    return pd.DataFrame(
+        {
+            "row": idx,
+            "label": labels[idx],
+            "top1": top1,
+            "p1": p[np.arange(len(idx)), top1],
+            "correct": top1 == labels[idx],
+            "entropy": -(p * logp).sum(axis=1),
+            "mass_near_truth": (p * (near < CONCENTRATION_RADIUS_KM)).sum(axis=1),
+            "sequence": sequence[idx],
+        }
+    )
+
+
+def split_sequences(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's drive (its `sequence` column), or the row itself when there is none."""
+    return rows["sequence"].to_numpy() if "sequence" in rows else np.arange(len(rows))
+
+
 def evaluate(
     predictor: Predictor,
     manifest: pd.DataFrame,
@@ -99,10 +140,44 @@ def evaluate(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """All metrics of ``predictor`` on one split of a manifest (see geovit.metrics for keys)."""
+    return _evaluate(predictor, manifest, split, batch_size, workers, ks, places, progress)[0]
+
+
+def evaluate_with_images(
+    predictor: Predictor,
+    manifest: pd.DataFrame,
+    split: str = "test",
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    ks: Sequence[int] = (1, 3, 5),
+    places: bool = True,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """evaluate's metrics and, from the same pass over the split, the per-image numbers of
+    image_stats for every readable image (the report's gallery picks from them)."""
+    metrics, stats = _evaluate(
+        predictor, manifest, split, batch_size, workers, ks, places, progress, per_image=True
+    )
+    return metrics, stats
+
+
+def _evaluate(
+    predictor: Predictor,
+    manifest: pd.DataFrame,
+    split: str,
+    batch_size: int,
+    workers: int,
+    ks: Sequence[int],
+    places: bool,
+    progress: Progress | None,
+    per_image: bool = False,
+) -> tuple[dict[str, Any], pd.DataFrame | None]:
     rows = split_rows(manifest, split)
     lat = rows["latitude"].to_numpy(dtype=np.float64)
     lon = rows["longitude"].to_numpy(dtype=np.float64)
     labels = predictor.cells.assign(lat, lon)
+    sequence = split_sequences(rows)
     cells = predictor.cells
     metrics = GeoMetrics(
         cells.centroid_lat, cells.centroid_lon, ks=ks, place_levels=PLACE_LEVELS if places else ()
@@ -113,6 +188,7 @@ def evaluate(
         if f"unique_{level}" in rows.columns
     }
     n_bad = 0
+    parts = []
     for idx, logits, bad in stream_logits(
         predictor, rows, batch_size=batch_size, workers=workers, progress=progress
     ):
@@ -124,11 +200,13 @@ def evaluate(
             batch_labels = {level: v[idx] for level, v in place_labels.items()}
             truth = _true_places(batch_labels, lat[idx], lon[idx])
         metrics.update(logits, labels[idx], lat[idx], lon[idx], truth)
+        if per_image:
+            parts.append(image_stats(cells, idx, logits, labels, lat, lon, sequence))
     if n_bad == len(rows):
         raise GeovitError(
             f"none of the {len(rows)} {split!r} images could be read; check the image paths"
         )
-    return {
+    result = {
         "split": split,
         "n_split_images": len(rows),
         "n_unreadable": n_bad,
@@ -136,6 +214,7 @@ def evaluate(
         "temperature": predictor.temperature,
         **metrics.compute(),
     }
+    return result, pd.concat(parts, ignore_index=True) if per_image else None
 
 
 def majority_baseline(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -196,6 +196,7 @@ class Explanation:
     prob: float  # p(target) on the unoccluded image
     top: int  # the model's top-1 class
     top_prob: float
+    probs: np.ndarray | None = field(default=None, repr=False)  # (K,) on the unoccluded image
 
 
 def explain_image(
@@ -219,7 +220,8 @@ def explain_image(
     from geovit.data.images import load_image
 
     kind = target or ("true" if lat is not None and lon is not None else "top")
-    x = predictor.preprocess(image)
+    pixels = load_image(image)  # decoded once: the model's input and the figure's photo
+    x = predictor.transform(pixels)
     probs = torch.as_tensor(predictor.predict_proba(x[None]))[0]
     top = int(probs.argmax())
     cells = predictor.cells
@@ -251,7 +253,7 @@ def explain_image(
     )
     return Explanation(
         heatmap=heat.cpu().numpy(),
-        photo=load_image(image).permute(1, 2, 0).numpy(),
+        photo=pixels.permute(1, 2, 0).numpy(),
         target=idx,
         target_kind=kind,
         token=str(cells.tokens[idx]),
@@ -259,6 +261,7 @@ def explain_image(
         prob=float(probs[idx]),
         top=top,
         top_prob=float(probs[top]),
+        probs=probs.double().numpy(),
     )
 
 

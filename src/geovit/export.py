@@ -19,15 +19,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from geovit import __version__
 from geovit.cells import CellPartition
-from geovit.checkpoint import (
-    LoadedCheckpoint,
-    cells_to_dict,
-    check_values,
-    contract_fields,
-    load_checkpoint,
-)
+from geovit.checkpoint import LoadedCheckpoint, check_values, contract_fields, load_checkpoint
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write
 from geovit.modelfolder import write_folder
@@ -81,17 +74,12 @@ def export_onnx(
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "try another --opset or report the model config"
         ) from exc
+    # The checkpoint contract itself (all but the weights, which are the .onnx file).
     sidecar = {
         "format": SIDECAR_FORMAT,
-        "geovit_version": __version__,
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
-        "image_size": size,
-        "mean": list(ckpt.mean),
-        "std": list(ckpt.std),
-        "temperature": float(ckpt.temperature),
-        "model_config": ckpt.config.to_dict(),
-        "cells": cells_to_dict(ckpt.cells),
+        **contract_fields(ckpt.model, ckpt.cells, train=ckpt.train, temperature=ckpt.temperature),
     }
     program.model.metadata_props[METADATA_KEY] = json.dumps(sidecar)
     atomic_write(out, lambda tmp: program.save(tmp, external_data=False))

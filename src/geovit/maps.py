@@ -135,7 +135,12 @@ def choose_projection(lat: np.ndarray, lon: np.ndarray) -> Projection:
 def densify(lat: np.ndarray, lon: np.ndarray, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """Polygons (K, V) -> (K, V*n): n points per edge along the great circle (S2 edges are
     geodesics; straight lines between projected corners would be wrong for big cells)."""
-    a = latlon_to_xyz(lat, lon)  # (K, V, 3)
+    return densify_xyz(latlon_to_xyz(lat, lon), n)
+
+
+def densify_xyz(a: np.ndarray, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """densify of polygons given as corner unit vectors (K, V, 3), as S2 gives them: no
+    round trip through degrees."""
     b = np.roll(a, -1, axis=1)
     t = (np.arange(n) / n)[None, None, :, None]
     pts = (1 - t) * a[:, :, None, :] + t * b[
@@ -218,8 +223,9 @@ def cell_geometry(
     margin: float = 0.06,
     basemap_dir: str | Path | None = None,
 ) -> CellGeometry:
-    """Project all cells (+ an extra point, e.g. the true location) and fit the frame to them."""
-    lat, lon = densify(*cells.polygons())
+    """Project all cells (+ an extra point, e.g. the true location) and fit the frame to them.
+    Build it once per map: the PNG and HTML of one photo share it (see `geometry=`)."""
+    lat, lon = densify_xyz(cells.corners_xyz())
     alat = lat.ravel() if extra is None else np.r_[lat.ravel(), extra[0]]
     alon = lon.ravel() if extra is None else np.r_[lon.ravel(), extra[1]]
     proj = choose_projection(alat, alon)
@@ -404,15 +410,17 @@ def probability_map(
     title: str | None = None,
     path: str | Path | None = None,
     basemap_dir: str | Path | None = None,
+    geometry: CellGeometry | None = None,
 ) -> CellMap:
     """The model's softmax over all cells on a fixed colour scale (see prob_norm): top-k cells
     outlined and numbered (listed at the side), the best guess as a cross and, given the truth,
-    a red dot joined to the best guess by the great circle, labelled with its length."""
+    a red dot joined to the best guess by the great circle, labelled with its length.
+    `geometry`: cell_geometry(cells, extra=truth) already built (it is the costly part)."""
     from matplotlib.collections import PolyCollection
 
     p = _check_values(cells, probs, "the probability vector")
     truth = None if lat is None or lon is None else (float(lat), float(lon))
-    geom = cell_geometry(cells, extra=truth, basemap_dir=basemap_dir)
+    geom = geometry or cell_geometry(cells, extra=truth, basemap_dir=basemap_dir)
     fig, ax = _figure(geom)
     ax.set_facecolor(_SEA)
     coll = _draw(ax, geom, p, cmap=PROB_CMAP, norm=prob_norm(log), line_colour="#9aa3ad")
@@ -518,15 +526,16 @@ def probability_map_html(
     title: str | None = None,
     path: str | Path | None = None,
     basemap_dir: str | Path | None = None,
+    geometry: CellGeometry | None = None,
 ) -> str:
     """A self-contained interactive map (inline SVG + JS, no network): wheel to zoom, drag to
     pan, hover or click a cell for its token, probability and place name. Returns the HTML and
-    writes it to `path` when given."""
+    writes it to `path` when given; `geometry` as in probability_map."""
     from matplotlib import colormaps
 
     p = _check_values(cells, probs, "the probability vector")
     truth = None if lat is None or lon is None else (float(lat), float(lon))
-    geom = cell_geometry(cells, extra=truth, basemap_dir=basemap_dir)
+    geom = geometry or cell_geometry(cells, extra=truth, basemap_dir=basemap_dir)
     norm = prob_norm(log)
     rgba = colormaps[PROB_CMAP](norm(p))
     colours = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in (rgba[:, :3] * 255).round().astype(int)]
@@ -613,16 +622,18 @@ def map_image(
     title: str | None = None,
     basemap_dir: str | Path | None = None,
 ) -> CellMap:
-    """Predict one photo and draw its probability map (PNG and/or HTML) from predict_proba."""
+    """Predict one photo and draw its probability map (PNG and/or HTML) from predict_proba;
+    both outputs share one cell geometry."""
     x = predictor.preprocess(image)
     probs = np.asarray(predictor.predict_proba(x[None]), dtype=np.float64)[0]
+    truth = None if lat is None or lon is None else (float(lat), float(lon))
     kw: dict[str, Any] = {
         "lat": lat,
         "lon": lon,
         "top_k": top_k,
         "log": log,
         "title": title,
-        "basemap_dir": basemap_dir,
+        "geometry": cell_geometry(predictor.cells, extra=truth, basemap_dir=basemap_dir),
     }
     if html_path is not None:
         probability_map_html(predictor.cells, probs, path=html_path, **kw)
@@ -681,8 +692,7 @@ def cell_rings(cells: CellPartition, indices: np.ndarray) -> list[list[list[floa
     crossing the antimeridian stays contiguous (values may leave [-180, 180], as Leaflet and the
     page expect); a ring around a pole is closed along that pole's parallel.
     """
-    lat, lon = (np.asarray(a, dtype=np.float64)[indices] for a in cells.polygons())
-    dlat, dlon = densify(lat, lon, _EDGE_POINTS)
+    dlat, dlon = densify_xyz(cells.corners_xyz(indices), _EDGE_POINTS)
     coarse = np.asarray(cells.levels)[indices] < _DENSIFY_BELOW_LEVEL
     return [
         _ring(*(r if c else r[::_EDGE_POINTS] for r in (la, lo))).round(_COORD_DECIMALS).tolist()

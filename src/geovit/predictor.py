@@ -1,8 +1,9 @@
 """Where was this photo taken? A checkpoint wrapped for inference on anyone's images.
 
     model = geovit.load("best.ckpt")
-    result = model.predict("street.jpg")     # PIL image, path, bytes, or a list of them
+    result = model.predict("street.jpg")     # PIL image, path or bytes -> one Prediction
     result.best_lat, result.best_lon, result.tokens[0], result.probs[0]
+    results = model.predict_many(["a.jpg", "b.jpg"])   # -> a list, one Prediction per image
 
 Probabilities are softmax(logits / T) with the checkpoint's fitted temperature (1.0 until
 ``geovit calibrate``). The best guess is the top cell's centroid: the spherical mean of that
@@ -16,7 +17,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -175,20 +176,32 @@ class Predictor:
             )
         return out
 
+    @overload
+    def predict(self, img: ImageInput, top_k: int = 5) -> Prediction: ...
+
+    @overload
+    def predict(self, img: Sequence[ImageInput], top_k: int = 5) -> list[Prediction]: ...
+
     def predict(
         self, img: ImageInput | Sequence[ImageInput], top_k: int = 5
     ) -> Prediction | list[Prediction]:
-        """Top-k cells and best guess for one image, or a list of results for a list of images.
+        """Top-k cells and best guess of one image (with ``all_probs``, the whole softmax).
 
-        An unreadable image raises GeovitError naming it; see :func:`predict_files` to predict
-        the readable ones of many files and report the others.
+        A list or tuple of images is :meth:`predict_many` (a list of results, one per image), so
+        the result's type follows the argument's. An unreadable image raises GeovitError naming
+        it; see :func:`predict_files` to predict the readable ones of many files and report the
+        others.
         """
         if isinstance(img, list | tuple):
-            if not img:
-                return []
-            return self.predict_tensors(torch.stack([self.preprocess(i) for i in img]), top_k)
+            return self.predict_many(img, top_k)
         x = self.preprocess(img)[None]
         return self.decode(self.predict_proba(x).numpy(), top_k, keep_all=True)[0]
+
+    def predict_many(self, images: Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:
+        """One Prediction per image, in order (always a list, empty for no images)."""
+        if not images:
+            return []
+        return self.predict_tensors(torch.stack([self.preprocess(i) for i in images]), top_k)
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> Predictor:
@@ -218,7 +231,7 @@ def expand_images(args: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]
     Returns (paths, problems): an argument matching nothing is a (arg, reason) problem, not an
     exception, so the other images can still be predicted.
     """
-    paths: list[str] = []
+    paths: dict[str, None] = {}  # insertion-ordered set: O(1) de-duplication
     problems: list[tuple[str, str]] = []
     for arg in args:
         p = Path(arg).expanduser()
@@ -243,8 +256,8 @@ def expand_images(args: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]
         else:
             found = []
             problems.append((arg, "no such file or folder"))
-        paths += [f for f in found if f not in paths]
-    return paths, problems
+        paths.update(dict.fromkeys(found))
+    return list(paths), problems
 
 
 def predict_files(

@@ -33,21 +33,22 @@ import pandas as pd
 
 from geovit.data.synth import SYNTHETIC_NOTICE
 from geovit.errors import GeovitError
-from geovit.evaluation import evaluate as run_evaluation
+from geovit.evaluation import evaluate_with_images as run_evaluation
 from geovit.evaluation import (
+    image_stats,
     majority_baseline,
     pct,
     reliability_png,
     split_rows,
+    split_sequences,
     stream_logits,
     summary_tables,
     write_metrics_json,
 )
 from geovit.explain import explain_image, render_explanation
 from geovit.fileio import write_text
-from geovit.geo import haversine_km
 from geovit.maps import cell_value_map, figure_bytes, probability_map
-from geovit.metrics import CONCENTRATION_RADIUS_KM, log_softmax
+from geovit.metrics import CONCENTRATION_RADIUS_KM
 
 if TYPE_CHECKING:
     from geovit.predictor import Predictor
@@ -72,36 +73,20 @@ def example_stats(
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Per image of `rows` (readable ones): row, label, top1, p1, correct, entropy (nats),
-    mass_near_truth (probability on cells whose centroid is < 200 km from the true location)
-    and sequence (the row's drive when `rows` has a sequence column, else the row itself)."""
+    """geovit.evaluation.image_stats of every readable image of `rows` (one pass; use
+    evaluate_with_images instead when the metrics are needed too)."""
     cells = predictor.cells
     lat = rows["latitude"].to_numpy(np.float64)
     lon = rows["longitude"].to_numpy(np.float64)
     labels = cells.assign(lat, lon)
-    seq = rows["sequence"].to_numpy() if "sequence" in rows else np.arange(len(rows))
-    parts = []
-    for idx, logits, _ in stream_logits(predictor, rows, batch_size=batch_size, progress=progress):
-        if logits is None:
-            continue
-        logp = log_softmax(logits)
-        p = np.exp(logp)
-        top1 = p.argmax(axis=1)
-        near = haversine_km(lat[idx, None], lon[idx, None], cells.centroid_lat, cells.centroid_lon)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "row": idx,
-                    "label": labels[idx],
-                    "top1": top1,
-                    "p1": p[np.arange(len(idx)), top1],
-                    "correct": top1 == labels[idx],
-                    "entropy": -(p * logp).sum(axis=1),
-                    "mass_near_truth": (p * (near < CONCENTRATION_RADIUS_KM)).sum(axis=1),
-                    "sequence": seq[idx],
-                }
-            )
+    seq = split_sequences(rows)
+    parts = [
+        image_stats(cells, idx, logits, labels, lat, lon, seq)
+        for idx, logits, _ in stream_logits(
+            predictor, rows, batch_size=batch_size, progress=progress
         )
+        if logits is not None
+    ]
     if not parts:
         raise GeovitError(f"none of the {len(rows)} images could be read; check the image paths")
     return pd.concat(parts, ignore_index=True)
@@ -220,9 +205,6 @@ def _gallery(
                 target="true" if in_cell else "top",
                 **occlusion,
             )
-            probs = np.asarray(
-                predictor.predict_proba(predictor.preprocess(row["image"])[None]), np.float64
-            )[0]
             top = int(s["top1"])
             truth = (
                 f"true cell {cells.tokens[int(s['label'])]}"
@@ -235,7 +217,9 @@ def _gallery(
                 f"{s['entropy']:.2f} nats; mass within {CONCENTRATION_RADIUS_KM:g} km of the truth "
                 f"{s['mass_near_truth']:.3f}"
             )
-            pmap = probability_map(cells, probs, lat=lat, lon=lon, log=True, title=str(row["id"]))
+            pmap = probability_map(
+                cells, expl.probs, lat=lat, lon=lon, log=True, title=str(row["id"])
+            )
             items.append(
                 GalleryItem(
                     kind,
@@ -271,10 +255,13 @@ def build_report(
     """
     out = Path(out_dir)
     rows = split_rows(manifest, split)
-    if metrics is None:
-        metrics = run_evaluation(predictor, manifest, split, batch_size=batch_size)
+    if metrics is None:  # one pass over the split gives the metrics and the gallery's numbers
+        metrics, stats = run_evaluation(
+            predictor, manifest, split, batch_size=batch_size, progress=progress
+        )
         write_metrics_json(metrics, out / "metrics.json")
-    stats = example_stats(predictor, rows, batch_size=batch_size, progress=progress)
+    else:
+        stats = example_stats(predictor, rows, batch_size=batch_size, progress=progress)
     acc = cell_accuracy(stats, len(predictor.cells))
     acc_map = cell_value_map(
         predictor.cells,

@@ -75,6 +75,7 @@ class ServablePredictor(Protocol):
     image_size: int
     mean: Any
     std: Any
+    transform: Any  # decoded uint8 (3,H,W) -> model input, what preprocess applies after decoding
 
     def preprocess(self, img: Any) -> Any: ...
 

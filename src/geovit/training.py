@@ -105,8 +105,9 @@ class TrainConfig:
     limit_train_batches: int | float = 1.0
     limit_val_batches: int | float = 1.0
     # The metric whose best epoch becomes model.pt: the one default, chosen by measurement on
-    # real photos (val/loss kept epoch 0 of a pretrained run that later scored 1.7x its top-1).
-    monitor: str = Monitor.acc1.value
+    # real photos (bench/RESULTS.md, Im2GPS3k): val/acc1 ties on small val splits and kept the
+    # worse epoch of the CNN-only run; val/geoscore is continuous and kept the best test epoch.
+    monitor: str = Monitor.geoscore.value
 
     def __post_init__(self) -> None:
         self.monitor = parse_monitor(self.monitor).value  # a plain str: checkpoints hold no Enum

@@ -29,6 +29,7 @@ from geovit.cli._common import (
     read_metrics,
     track,
 )
+from geovit.fileio import write_text
 
 
 @app.command()
@@ -70,7 +71,7 @@ def demo(
     console.print(table)
     for name, path in result.files.items():
         console.print(f"  {name:12s} {path}")
-    (out / "baselines.json").write_text(json.dumps(b, indent=2))
+    write_text(out / "baselines.json", json.dumps(b, indent=2))
     console.print(f"done in {time.perf_counter() - start:,.0f} s; open {result.files['report']}")
 
 

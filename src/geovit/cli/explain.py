@@ -60,16 +60,14 @@ def _location(
         raise GeovitError("give both --lat and --lon (or neither)")
     if lat is not None or data is None:
         return lat, lon
-    from geovit.data.manifest import load_manifest
+    from geovit.data.manifest import locate_image
 
-    manifest, _ = load_manifest(data)
-    same_file = manifest["image"].map(lambda ref: Path(ref).resolve()) == image.resolve()
-    rows = manifest[(manifest["id"] == image.stem) | same_file]
-    if rows.empty:
+    found = locate_image(data, image)  # this photo's row only, not the whole dataset
+    if found is None:
         raise GeovitError(
             f"{image} is not in the manifest of {data} (no id {image.stem!r}): pass --lat/--lon"
         )
-    return float(rows["latitude"].iloc[0]), float(rows["longitude"].iloc[0])
+    return found
 
 
 @app.command()

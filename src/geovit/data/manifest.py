@@ -732,6 +732,50 @@ def assign_splits(
 # ------------------------------------------------------------------------------ entry point
 
 
+def locate_image(source: str | os.PathLike, image: str | os.PathLike) -> tuple[float, float] | None:
+    """One photo's true (lat, lon) in a dataset, by id (the file's stem) or path, without
+    building the manifest: no image index, no zip opened, no check of the other rows (what
+    `geovit map/explain --data` needs). None when the dataset lists no valid location for it."""
+    path = Path(source).expanduser().resolve()
+    photo = Path(image).expanduser().resolve()
+    fmt = detect_format(path)
+    if fmt == "exif":
+        latlon: tuple[float, float] | str = "not_listed"
+        if photo.is_relative_to(path) and photo.is_file():
+            try:
+                latlon = exif_latlon(str(photo))
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+                latlon = "unreadable_image"
+        lat, lon = ([latlon[0]], [latlon[1]]) if isinstance(latlon, tuple) else ([], [])
+    elif fmt == "table":
+        df = read_table(path, ManifestReport(source=str(path), fmt=fmt), need_images=False)
+        named = df["image"].str.endswith(photo.name, na=False)  # resolve only the candidates
+        same = named & df["image"].where(named).map(lambda r: isinstance(r, str)
+                                                    and Path(r).resolve() == photo)  # fmt: skip
+        rows = df[(df["id"] == photo.stem) | same.astype(bool)]
+        lat, lon = rows["latitude"], rows["longitude"]
+    else:
+        root = path if fmt == "osv5m" else _mini_root(path)
+        suffix = "" if fmt == "osv5m" else "_mini"
+        frames = [
+            pd.read_csv(csv, usecols=["id", "latitude", "longitude"], dtype=str, engine="pyarrow")
+            for csv in (root / f"{split}{suffix}.csv" for split in ("train", "test"))
+            if csv.is_file()
+        ]
+        rows = pd.concat(frames, ignore_index=True)
+        rows = rows[rows["id"] == photo.stem]
+        lat, lon = rows["latitude"], rows["longitude"]
+    lat, lon, ok = _coordinates_ok(lat, lon)
+    return (float(lat[ok][0]), float(lon[ok][0])) if ok.any() else None
+
+
+def _coordinates_ok(lat: pd.Series, lon: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lat = pd.to_numeric(pd.Series(lat), errors="coerce").to_numpy(np.float64)
+    lon = pd.to_numeric(pd.Series(lon), errors="coerce").to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        return lat, lon, (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
+
+
 def load_manifest(
     source: str | os.PathLike,
     *,
