@@ -63,6 +63,25 @@ def tiny_checkpoint(tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory) 
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, cells)
 
 
+@pytest.fixture(scope="session", params=["cnn", "vit"])
+def baseline_checkpoint(
+    request: pytest.FixtureRequest, tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """model.pt of each baseline arch (the small preset's CNN or ViT alone), like
+    `tiny_checkpoint`: tests taking it run once per arch."""
+    import torch
+
+    from geovit.cells import CellPartition
+    from geovit.checkpoint import save_checkpoint
+    from geovit.model import GeoViT, model_config
+
+    cells = CellPartition.load(tiny_cells)
+    torch.manual_seed(0)
+    cfg = model_config("small", len(cells), arch=request.param, image_size=TINY_IMAGE_SIZE)
+    folder = tmp_path_factory.mktemp(f"ckpt_{request.param}")
+    return save_checkpoint(folder / "model.pt", GeoViT(cfg), cells)
+
+
 @pytest.fixture()
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to open a network connection fails the test (figures must render offline)."""

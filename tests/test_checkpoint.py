@@ -130,3 +130,76 @@ def test_edited_weights_are_reported(tmp_path, model, cells):
     torch.save(raw, path)
     with pytest.raises(GeovitError, match="do not fit"):
         load_checkpoint(path)
+
+
+def test_hub_backbone_checkpoint_loads_without_the_hub(tmp_path, cells, monkeypatch, request):
+    """A checkpoint naming an hf-hub: backbone rebuilds from itself: no Hub, no cache needed.
+
+    The Hub is Hugging Face's own client in offline mode over a cache laid out here (a timm
+    config.json for a resnet18); once the model is built, the cache goes and sockets refuse.
+    """
+    import json
+    import shutil
+
+    import huggingface_hub.constants
+
+    name, commit = "geovit-test/tiny-resnet", "0" * 40
+    cache = tmp_path / "hub"
+    repo = cache / f"models--{name.replace('/', '--')}"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    config = {"architecture": "resnet18", "num_classes": 1000,
+              "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}  # fmt: skip
+    (repo / "snapshots" / commit / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    torch.manual_seed(0)
+    hub_model = GeoViT(
+        model_config("small", len(cells), cnn=f"hf-hub:{name}", image_size=64)
+    ).eval()
+    assert hub_model.normalization == ((0.5,) * 3, (0.25,) * 3)  # the Hub config's own
+    path = save_checkpoint(tmp_path / "m.pt", hub_model, cells)
+    shutil.rmtree(cache)
+    request.getfixturevalue("offline")  # from here on any connection fails the test
+    loaded = load_checkpoint(path)
+    assert loaded.config.cnn == f"hf-hub:{name}"
+    assert (loaded.mean, loaded.std) == hub_model.normalization
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), hub_model(x), rtol=0, atol=0)
+    resaved = load_checkpoint(save_checkpoint(tmp_path / "again.pt", loaded))
+    assert resaved.model.normalization == hub_model.normalization
+
+
+def test_truncated_checkpoint_says_so_with_its_size(tmp_path, model, cells):
+    """A kill mid-copy or a full disk leaves half a file: name that, not a generic failure."""
+    path = save_checkpoint(tmp_path / "m.pt", model, cells)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(GeovitError, match=rf"truncated/incomplete \({len(data) // 3:,} bytes\)"):
+        load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(GeovitError, match=r"truncated/incomplete \(0 bytes\)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("temperature", float("nan"), "temperature"),
+        ("temperature", -1.0, "temperature"),
+        ("std", [0.2, 0.0, 0.2], "std"),
+        ("mean", [0.5, float("inf"), 0.5], "mean"),
+        ("image_size", 0, "image_size"),
+    ],
+)
+def test_malformed_values_are_rejected_on_load(tmp_path, model, cells, key, value, words):
+    """A NaN temperature used to load fine and turn every probability into NaN."""
+    path = save_checkpoint(tmp_path / "m.pt", model, cells)
+    raw = torch.load(path, weights_only=True)
+    raw[key] = value
+    torch.save(raw, path)
+    with pytest.raises(GeovitError, match=words):
+        load_checkpoint(path)

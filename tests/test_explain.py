@@ -166,6 +166,23 @@ def test_explain_image_and_render(predictor, tmp_path):
         explain_image(predictor, photo, lat=-40.0, lon=20.0)
 
 
+def test_baseline_archs_explain_like_captum(baseline_checkpoint, tmp_path):
+    """CNN-only and ViT-only checkpoints: the heatmap is captum's, and --fast runs on each."""
+    predictor = Predictor.from_checkpoint(baseline_checkpoint, device="cpu")
+    photo = tmp_path / "p.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)).save(photo)
+    expl = explain_image(predictor, photo, patch=16, stride=16)
+    x = predictor.preprocess(photo)
+    ref = Occlusion(predictor.predict_proba).attribute(
+        x[None], sliding_window_shapes=(3, 16, 16), strides=(3, 16, 16),
+        baselines=torch.zeros(1, 3, 64, 64), target=expl.top,
+    )[0, 0]  # fmt: skip
+    assert np.abs(expl.heatmap).max() > 1e-6
+    np.testing.assert_allclose(expl.heatmap, ref.numpy(), rtol=0, atol=1e-6)
+    fast = explain_image(predictor, photo, patch=16, stride=16, fast=True)
+    assert fast.heatmap.shape == (64, 64) and np.isfinite(fast.heatmap).all()
+
+
 def test_explain_cli(tiny_checkpoint, tiny_world, tmp_path):
     photo = sorted((tiny_world / "images" / "test").glob("*.jpg"))[0]
     runner = CliRunner()

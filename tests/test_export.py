@@ -90,6 +90,17 @@ def test_onnx_logits_match_torch_for_any_batch(exported, tiny_image_size):
         np.testing.assert_array_equal(top5(got), top5(ref))
 
 
+def test_baseline_archs_export_and_match_torch(baseline_checkpoint, photos, tmp_path):
+    out = export_onnx(baseline_checkpoint, tmp_path / "model.onnx")
+    onnx.checker.check_model(onnx.load(str(out)))
+    torch_pred = Predictor.from_checkpoint(baseline_checkpoint, device="cpu")
+    onnx_pred = OnnxPredictor.from_onnx(out)
+    assert json.loads(sidecar_path(out).read_text())["model_config"]["arch"] in ("cnn", "vit")
+    for a, b in zip(torch_pred.predict(photos), onnx_pred.predict(photos), strict=True):
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+
+
 def test_onnx_predictor_matches_torch_predictor(exported, photos):
     ckpt, out = exported
     torch_pred, onnx_pred = (

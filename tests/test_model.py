@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import socket
 
+import numpy as np
 import pytest
 import safetensors.torch
 import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from geovit.cells import CellPartition
+from geovit.checkpoint import load_checkpoint, save_checkpoint
 from geovit.errors import GeovitError
-from geovit.model import PRESETS, GeoViT, ModelConfig, model_config
+from geovit.model import ARCHS, PRESETS, GeoViT, ModelConfig, model_config
 
 SIZE = 64
 
@@ -121,7 +124,7 @@ def test_wrong_or_missing_weight_files_fail_clearly(tmp_path):
     with pytest.raises(GeovitError, match="not found"):
         GeoViT(model_config("small", 3, cnn_weights=str(tmp_path / "nope.pth")))
     torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(GeovitError, match=r"resnet50 .*--no-pretrained"):
+    with pytest.raises(GeovitError, match=r"does not fit cnn resnet50: .*--no-pretrained-cnn"):
         GeoViT(model_config("seed", 3, cnn_weights=str(tmp_path / "r18.pth")))
 
 
@@ -162,3 +165,89 @@ def test_model_config_presets_and_validation():
         model_config("seed", 10, depth=3)
     with pytest.raises(GeovitError, match="unknown timm model"):
         GeoViT(model_config("small", 3, cnn="resnet_nonexistent"))
+
+
+# (arch, cnn, vit, size): the design's small pair; a patch-14 DINOv2 ViT (other grid, own
+# normalization) behind a CNN whose last stage has stride 64; each baseline alone
+ARCH_CASES = [
+    ("hybrid", "resnet18", "vit_tiny_patch16_224", SIZE),
+    ("hybrid", "efficientvit_m0", "vit_small_patch14_dinov2", 56),
+    ("cnn", "resnet18", "vit_tiny_patch16_224", SIZE),
+    ("vit", "resnet18", "vit_small_patch14_dinov2", 56),
+]
+
+
+@pytest.mark.parametrize(("arch", "cnn", "vit", "size"), ARCH_CASES)
+def test_every_arch_trains_all_its_parameters_and_round_trips(arch, cnn, vit, size, tmp_path):
+    k = 4
+    torch.manual_seed(0)
+    model = GeoViT(model_config("small", k, arch=arch, cnn=cnn, vit=vit, image_size=size))
+    x = torch.randn(2, 3, size, size)
+    logits = model(x)
+    assert logits.shape == (2, k)
+    logits.sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert {p for p in ("cnn", "vit") if getattr(model, p) is not None} == set(model.config.parts)
+    seer = cnn if arch in ("hybrid", "cnn") else vit  # the part that sees the pixels
+    cfg = timm.create_model(seer).pretrained_cfg
+    assert model.normalization == (tuple(cfg["mean"]), tuple(cfg["std"]))
+    if arch == "hybrid":
+        patch = timm.create_model(vit).patch_embed.patch_size[0]
+        assert model.grid == (size // patch, size // patch)
+        assert model.vit.pos_embed.shape[1] == (size // patch) ** 2
+    cells = CellPartition.build(
+        np.array([10.0, 20.0, 30.0, 40.0] * 10), np.array([0.0, 10.0, 20.0, 30.0] * 10),
+        t1=10, t2=1,
+    )  # fmt: skip
+    assert len(cells) == k
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "m.pt", model.eval(), cells))
+    assert loaded.config.arch == arch and (loaded.mean, loaded.std) == model.normalization
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x), rtol=0, atol=0)
+
+
+def test_cnn_arch_is_timms_classifier():
+    """cnn alone = timm's own classifier: global average pool -> (dropout) -> linear."""
+    torch.manual_seed(0)
+    model = GeoViT(model_config("small", 6, arch="cnn", image_size=SIZE)).eval()
+    ref = timm.create_model("resnet18", num_classes=6).eval()
+    ref.load_state_dict({**model.cnn.state_dict(), "fc.weight": model.head.weight,
+                         "fc.bias": model.head.bias})  # fmt: skip
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x))
+
+
+def test_vit_arch_is_timms_mean_pooled_vit():
+    """vit alone = timm's ViT with its patch embedding, mean over patch tokens, linear head."""
+    torch.manual_seed(0)
+    name = "vit_small_patch14_dinov2"
+    model = GeoViT(model_config("small", 6, arch="vit", vit=name, image_size=56)).eval()
+    ref = timm.create_model(name, num_classes=6, img_size=56, global_pool="avg", fc_norm=False)
+    state = {**model.vit.state_dict(), "head.weight": model.head.weight,
+             "head.bias": model.head.bias}  # fmt: skip
+    ref.load_state_dict(state)
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref.eval()(x))
+    assert model.vit.patch_embed.patch_size == (14, 14)
+
+
+def test_patch14_position_embedding_resampled_to_the_token_grid(tmp_path):
+    """A DINOv2 file at a 5x5 grid loads into the 4x4 grid of a 56 px input the way timm does."""
+    torch.manual_seed(2)
+    name = "vit_small_patch14_dinov2"
+    src = timm.create_model(name, img_size=70).state_dict()
+    safetensors.torch.save_file(src, tmp_path / "vit.safetensors")
+    model = GeoViT(model_config("small", 3, vit=name, image_size=56,
+                                vit_weights=str(tmp_path / "vit.safetensors")))  # fmt: skip
+    expected = resample_abs_pos_embed(src["pos_embed"], (4, 4), num_prefix_tokens=1)[:, 1:]
+    torch.testing.assert_close(model.vit.pos_embed, expected)
+    report = model.load_reports["vit"]
+    assert report.loaded == report.total and "cls_token" not in dict(model.named_parameters())
+
+
+def test_unknown_arch_fails_clearly():
+    assert ARCHS == ("hybrid", "cnn", "vit")
+    with pytest.raises(GeovitError, match="unknown arch 'resnet'"):
+        GeoViT(model_config("small", 3, arch="resnet"))

@@ -10,6 +10,8 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.torch
+import timm
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
@@ -88,6 +90,7 @@ def toy_run(
     n_val: int = 24,
     callbacks=(),
     resume=None,
+    overwrite=False,
     **overrides,
 ):
     cells = toy_cells()
@@ -102,7 +105,9 @@ def toy_run(
     dm = GeoDataModule(
         ToyImages(cells, n_train, seed=1), val, val.coords, batch_size=cfg.batch_size, seed=cfg.seed
     )
-    result = fit(module, dm, out, resume=resume, progress=False, callbacks=callbacks)
+    result = fit(
+        module, dm, out, resume=resume, progress=False, callbacks=callbacks, overwrite=overwrite
+    )
     return module, result
 
 
@@ -331,6 +336,37 @@ def test_train_cli_reports_missing_weights_in_one_line(tmp_path, tiny_world, tin
     assert result.exit_code == 2
     assert "no.pth" in result.output and "not found" in result.output
     assert not (tmp_path / "r" / "last.ckpt").exists()
+
+
+def test_train_cli_archs_and_per_part_weight_sources(tmp_path, tiny_world, tiny_cells, offline):
+    """--cnn-weights decides the CNN alone, offline; each part's source and count is printed."""
+    good = tmp_path / "r18.safetensors"
+    full = timm.create_model("resnet18").state_dict()
+    safetensors.torch.save_file(full, good)
+    base = ["train", "--data", str(tiny_world), "--cells", str(tiny_cells), "--preset", "small",
+            "--image-size", str(SIZE), "--epochs", "1", "--freeze-epochs", "1",
+            "--cnn-refreeze-epoch", "1", "--batch-size", "16", "--workers", "0",
+            "--accelerator", "cpu", "--limit-train-batches", "2", "--limit-val-batches", "2",
+            "--no-progress"]  # fmt: skip
+    hybrid = ["--out", str(tmp_path / "h"), "--cnn-weights", str(good), "--no-pretrained-vit"]
+    run = CliRunner().invoke(app, [*base, *hybrid])
+    assert run.exit_code == 0, run.output
+    n = len(full) - 2  # all but the classifier
+    assert f"cnn resnet18: weights from {good}: loaded {n}/{n} tensors" in run.output
+    assert "vit vit_tiny_patch16_224: random" in run.output
+    assert "stage 0 (epochs 0-0) freezes vit vit_tiny_patch16_224, which has random" in run.output
+    assert "freezes cnn" not in run.output
+    vit_only = ["--out", str(tmp_path / "v"), "--arch", "vit", "--no-pretrained"]
+    vit_run = CliRunner().invoke(app, [*base, *vit_only])
+    assert vit_run.exit_code == 0, vit_run.output
+    loaded = load_checkpoint(tmp_path / "v" / "model.pt")
+    assert loaded.config.arch == "vit" and loaded.model.cnn is None
+    assert loaded.mean == (0.5, 0.5, 0.5)  # the ViT sees the pixels: its own normalization
+    # a file for another model fails in one line, before any training
+    other = ["--out", str(tmp_path / "w"), "--cnn", "resnet34", *hybrid[2:]]
+    wrong = CliRunner().invoke(app, [*base, *other])
+    assert wrong.exit_code == 2 and "does not fit cnn resnet34" in wrong.output
+    assert not (tmp_path / "w" / "last.ckpt").exists()
 
 
 def test_stage_warning_names_the_stages_that_run():

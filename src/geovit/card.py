@@ -26,6 +26,7 @@ from geovit.errors import GeovitError
 from geovit.fileio import write_text
 from geovit.hub import OSV5M_REPO
 from geovit.metrics import DISTANCE_CONVENTION
+from geovit.model import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: Data
         "datasets": [data.hub_id or data.name],
         "model-index": [
             {
-                "name": f"geovit-{cfg.cnn}-{cfg.vit}",
+                "name": f"geovit-{cfg.backbones.replace(' + ', '-')}",
                 "results": [
                     {
                         "task": {
@@ -168,6 +169,20 @@ def _stages(train: Mapping[str, Any]) -> str:
     return _table(["stage", "epochs", "what learns"], rows)
 
 
+def _architecture(cfg: ModelConfig, grid: tuple[int, int] | None) -> str:
+    """The arch's path from pixels to the pooled features, in words."""
+    if cfg.arch == "cnn":
+        return f"`{cfg.cnn}` alone (timm, its global average pool)"
+    if cfg.arch == "vit":
+        return f"`{cfg.vit}` alone (timm, its own patch embedding; mean over the patch tokens)"
+    gh, gw = grid
+    return (
+        f"`{cfg.cnn}` (timm, `features_only`, last stage) -> adaptive average pool to {gh}x{gw} "
+        f"->\n  {gh * gw} tokens -> linear projection to the ViT width -> `{cfg.vit}` position "
+        "embedding,\n  transformer blocks and final norm (timm)"
+    )
+
+
 def _usage(hub_repo: str | None) -> str:
     if hub_repo is None:
         return ""
@@ -195,7 +210,6 @@ def model_card(
     cfg, train = ckpt.config, ckpt.train
     tcfg = train.get("config", {})
     n_params = sum(p.numel() for p in ckpt.model.parameters())
-    grid = cfg.image_size // 16
     cells = ckpt.cells
     hyper = [
         [k, tcfg[k]]
@@ -243,13 +257,16 @@ def model_card(
         if place_rows
         else ""
     )
+    asked = ModelConfig.from_dict(ckpt.raw.get("model_config", {}) or cfg.to_dict())
+    real = [f"`{getattr(asked, p)}`" for p in asked.parts
+            if getattr(asked, f"{p}_weights") or asked.wants_pretrained(p)]  # fmt: skip
     pretrained = (
-        "ImageNet weights from timm"
-        if cfg.pretrained or cfg.cnn_weights or cfg.vit_weights
+        f"pretrained weights for {' and '.join(real)} (the rest random)"
+        if real
         else "random initialisation (no pretrained weights)"
     )
     return f"""{_front_matter(ckpt, metrics, data)}
-# GeoViT ({cfg.cnn} + {cfg.vit}) on {data.name}
+# GeoViT ({cfg.backbones}, arch {cfg.arch}) on {data.name}
 {synthetic}
 ## Model summary
 GeoViT predicts where a street-level photo was taken, as a probability distribution over
@@ -259,10 +276,8 @@ geovit; this card was generated from the checkpoint and its `metrics.json`.
 ## Architecture
 - Input: RGB image resized to {cfg.image_size}x{cfg.image_size}, normalised with mean
   {tuple(round(m, 3) for m in ckpt.mean)} and std {tuple(round(s, 3) for s in ckpt.std)}.
-- `{cfg.cnn}` (timm, `features_only`, last stage) -> adaptive average pool to {grid}x{grid} ->
-  {grid * grid} tokens -> linear projection to the ViT width -> `{cfg.vit}` position embedding,
-  transformer blocks and final norm (timm) -> mean pool -> dropout {cfg.dropout} -> linear layer
-  to {len(cells):,} cell logits. Cross-entropy loss.
+- {_architecture(cfg, ckpt.model.grid)} -> mean pool -> dropout {cfg.dropout} -> linear layer to
+  {len(cells):,} cell logits. Cross-entropy loss.
 - {n_params:,} parameters; initialised from {pretrained}.
 - Softmax temperature: {ckpt.temperature:.4f} ({calibrated}).
 

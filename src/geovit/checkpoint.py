@@ -9,7 +9,7 @@ same keys (their ``state_dict`` is the LightningModule's, so its keys start with
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,16 +110,30 @@ def save_checkpoint(
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _read(path: str | os.PathLike) -> dict:
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
+
+
+def read_raw(path: str | os.PathLike, *, mmap: bool = False) -> dict:
+    """The checkpoint's dict (weights_only: no pickled code runs), or one GeovitError that
+    says whether the file is missing, truncated (a zip without its end), or something else."""
     path = Path(path)
     if not path.is_file():
         raise GeovitError(f"checkpoint {path} does not exist; train one with `geovit train`")
+    size = path.stat().st_size
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
+        with path.open("rb") as f:
+            zipped = f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+        if zipped or size == 0:
+            raise GeovitError(
+                f"checkpoint {path} is truncated/incomplete ({size:,} bytes): an interrupted "
+                "copy or a full disk; use the previous checkpoint or copy it again"
+            ) from exc
         raise GeovitError(
-            f"checkpoint {path} is not a loadable geovit checkpoint ({type(exc).__name__}); "
-            "pass model.pt, best.ckpt or last.ckpt from a `geovit train` run"
+            f"checkpoint {path} ({size:,} bytes) is not a loadable geovit checkpoint "
+            f"({type(exc).__name__}); pass model.pt, best.ckpt or last.ckpt from a "
+            "`geovit train` run"
         ) from exc
     return _require_contract(raw, path)
 
@@ -134,18 +148,40 @@ def _require_contract(raw: dict, path: str | os.PathLike) -> dict:
     return raw
 
 
+def _check_values(raw: dict, path: str | os.PathLike) -> None:
+    """Refuse values that would load but predict garbage (NaN temperature -> NaN probs)."""
+
+    def bad(what: str) -> GeovitError:
+        return GeovitError(f"checkpoint {path}: {what}; the file is damaged or was edited")
+
+    temperature = raw["temperature"]
+    if (
+        not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise bad(f"temperature {temperature!r} is not a finite number > 0")
+    for key in ("mean", "std"):
+        values = raw[key]
+        if len(values) != 3 or not all(
+            isinstance(v, int | float) and math.isfinite(v) for v in values
+        ):
+            raise bad(f"{key} {values!r} is not 3 finite numbers")
+    if min(raw["std"]) <= 0:
+        raise bad(f"std {raw['std']!r} has a value <= 0")
+    if not isinstance(raw["image_size"], int) or raw["image_size"] < 1:
+        raise bad(f"image_size {raw['image_size']!r} is not a positive integer")
+
+
 def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     """Open a geovit checkpoint (plain or Lightning .ckpt, a model folder, or a Hub model
     ``hf-hub:USER/NAME``) on the CPU, model in eval mode."""
     path = resolve_model(path)
-    raw = _require_contract(read_folder(path), path) if is_model_folder(path) else _read(path)
+    raw = _require_contract(read_folder(path), path) if is_model_folder(path) else read_raw(path)
+    _check_values(raw, path)
     # the weights come from the file: never download or read the original backbone weights
-    config = dataclasses.replace(
-        ModelConfig.from_dict(raw["model_config"]),
-        pretrained=False,
-        cnn_weights=None,
-        vit_weights=None,
-    )
+    # (an hf-hub: backbone is rebuilt from the timm config recorded in the checkpoint)
+    config = ModelConfig.from_dict(raw["model_config"]).without_weight_sources()
     cells = CellPartition.from_frame(pd.DataFrame(raw["cells"]))
     model = GeoViT(config)
     prefix = raw.get("state_dict_prefix", "")
@@ -178,7 +214,7 @@ def set_temperature(
     copy to `out` (the original untouched). Returns the file written."""
     if not temperature > 0:
         raise GeovitError(f"temperature {temperature} must be > 0")
-    raw = _read(path)
+    raw = read_raw(path)
     raw["temperature"] = float(temperature)
     target = Path(out if out is not None else path)
     atomic_write(target, lambda tmp: torch.save(raw, tmp))

@@ -64,6 +64,7 @@ class DemoSettings:
     image_size: int = 48  # model input (px): the small preset shrunk for a 2-core CPU
     world_size: tuple[int, int] = (144, 96)  # synthetic photo size, 3:2
     target_classes: int = 40
+    preset: str = "small"  # backbones (at image_size); "lite" needs geovit[lite] for its weights
     epochs: int = 6
     freeze_epochs: int = 1
     cnn_refreeze_epoch: int = 5
@@ -135,11 +136,12 @@ def run_demo(
     )
 
     say(
-        f"3/7 training the small preset at {s.image_size}px for {s.epochs} epochs: heads only "
+        f"3/7 training the {s.preset} preset at {s.image_size}px for {s.epochs} epochs: heads only "
         f"0-{s.freeze_epochs - 1}, everything {s.freeze_epochs}-{s.cnn_refreeze_epoch - 1}, "
         f"CNN frozen {s.cnn_refreeze_epoch}-{s.epochs - 1}"
     )
-    mcfg = model_config("small", len(cells), image_size=s.image_size)
+    lite = s.preset == "lite"  # the only preset with real weights offline
+    mcfg = model_config(s.preset, len(cells), image_size=s.image_size, pretrained=lite)
     tcfg = TrainConfig(
         epochs=s.epochs,
         freeze_epochs=s.freeze_epochs,

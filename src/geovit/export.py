@@ -69,7 +69,7 @@ def export_onnx(
         )
     except Exception as exc:
         raise GeovitError(
-            f"ONNX export of {ckpt.config.cnn} + {ckpt.config.vit} failed "
+            f"ONNX export of {ckpt.config.backbones} ({ckpt.config.arch}) failed "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "try another --opset or report the model config"
         ) from exc

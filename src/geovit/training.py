@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,14 +42,24 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerStatus
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics import CatMetric
 
 from geovit.cells import CellPartition
-from geovit.checkpoint import contract_fields, load_checkpoint, save_checkpoint
-from geovit.data.images import ImageDataset, build_transform, collate_skip_bad
+from geovit.checkpoint import contract_fields, load_checkpoint, read_raw, save_checkpoint
+from geovit.data.images import (
+    ImageDataset,
+    build_transform,
+    collate_skip_bad,
+    decode_image,
+    read_image_bytes,
+)
 from geovit.errors import GeovitError
+from geovit.fileio import atomic_write
 from geovit.geo import geoscore, haversine_km
 from geovit.model import GeoViT, ModelConfig
 from geovit.monitor import Monitor, parse_monitor
@@ -218,10 +230,14 @@ class GeoViTModule(L.LightningModule):
     def set_stage(self, stage: int) -> None:
         """Freeze/unfreeze the parts for ``stage`` and drop optimizer state of frozen ones."""
         self.stage = stage
-        self.frozen = tuple(p for p in PARTS if p not in TRAINABLE[stage])
+        self.frozen = tuple(
+            p for p in PARTS if p not in TRAINABLE[stage] and getattr(self.model, p) is not None
+        )
         optimizers = self._trainer.optimizers if self._trainer is not None else []
         for name in PARTS:
             module = getattr(self.model, name)
+            if module is None:
+                continue  # this arch has no such part
             trainable = name not in self.frozen
             module.requires_grad_(trainable)
             if not trainable:
@@ -344,6 +360,18 @@ class GeoViTModule(L.LightningModule):
         """Make Lightning's .ckpt a self-contained geovit checkpoint (see geovit.checkpoint)."""
         checkpoint.update(contract_fields(self.model, self.cells, train=self.train_info()))
         checkpoint["state_dict_prefix"] = "model."
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each .ckpt beside its target, then rename it over the old one (geovit.fileio).
+
+    Lightning's own writer stages the file in TMPDIR and moves it, which across filesystems is
+    a copy: a kill or a full disk mid-copy leaves a truncated checkpoint in place of the last
+    good one and an orphan in /tmp.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options=None) -> None:
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 class StageSchedule(Callback):
@@ -485,6 +513,8 @@ def build_datamodule(
     train_tf = build_transform(image_size, mean, std, train=True, hflip=config.hflip)
     val_tf = build_transform(image_size, mean, std, train=False)
     val_coords = manifest.loc[is_val, ["latitude", "longitude"]].to_numpy(dtype=np.float64)
+    require_readable(images[keep], "train")
+    require_readable(images[is_val], "val")
     dm = GeoDataModule(
         ImageDataset(images[keep], labels[keep], train_tf),
         ImageDataset(images[is_val], labels[is_val], val_tf),
@@ -505,6 +535,48 @@ class TrainResult:
     best: dict = field(default_factory=dict)  # val metrics of the best epoch
     epochs: int = 0
     kept: dict = field(default_factory=dict)  # which epoch model.pt is, and why (see fit)
+    interrupted: bool = False  # Ctrl-C or SIGTERM: the files hold the last complete epoch
+    bad_images: dict = field(default_factory=dict)  # unreadable images of the last epoch
+
+
+RUN_FILES = ("best*.ckpt", "last*.ckpt", "model.pt", "logs", "tb")  # what a run writes
+
+
+def prepare_run_folder(out: Path, *, resume: str | Path | None, overwrite: bool) -> None:
+    """Refuse to write a new run over an old one (Lightning would add best-v1.ckpt beside the
+    old files and model.pt would silently change); with `overwrite`, remove the old run's files
+    (only those). Only the global-zero process checks: the others start while it writes."""
+    out.mkdir(parents=True, exist_ok=True)
+    if resume is not None or rank_zero_only.rank != 0 or not any(out.iterdir()):
+        return
+    previous = sorted({p for pattern in RUN_FILES for p in out.glob(pattern)})
+    if not overwrite:
+        names = ", ".join(p.name for p in previous) or ", ".join(sorted(os.listdir(out))[:5])
+        raise GeovitError(
+            f"run folder {out} is not empty ({names}): pass --resume {out / 'last.ckpt'} to "
+            "continue that run, --overwrite to replace it, or another --out"
+        )
+    for p in previous:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def require_readable(refs: np.ndarray, split: str, n: int = 16) -> None:
+    """Fail before training when a spread sample of a split's images is all unreadable (a
+    wrong image folder), instead of a Lightning traceback after a whole epoch."""
+    if len(refs) == 0:
+        return
+    sample = refs[np.unique(np.linspace(0, len(refs) - 1, min(n, len(refs))).astype(int))]
+    first_error = ""
+    for ref in sample:
+        try:
+            decode_image(read_image_bytes(ref))
+            return
+        except GeovitError as exc:
+            first_error = first_error or str(exc)
+    raise GeovitError(
+        f"none of {len(sample)} sampled {split!r} images could be read (e.g. {first_error}); "
+        "check the image paths"
+    )
 
 
 def fit(
@@ -515,13 +587,19 @@ def fit(
     resume: str | Path | None = None,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Run Lightning: stages, best/last checkpoints, CSV + TensorBoard logs, then model.pt."""
+    """Run Lightning: stages, best/last checkpoints, CSV + TensorBoard logs, then model.pt.
+
+    Ctrl-C or SIGTERM stops at the next step (Lightning's handlers): nothing of the unfinished
+    epoch is saved, model.pt is written from the best complete epoch and the result says
+    ``interrupted`` (resume from last.ckpt).
+    """
     cfg = module.config
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if resume is not None:
         _check_resumable(resume)
+    prepare_run_folder(out, resume=resume, overwrite=overwrite)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     monitor = Monitor(cfg.monitor)
     ckpt_cb = ModelCheckpoint(
@@ -553,6 +631,7 @@ def fit(
         # adaptive_avg_pool2d's CUDA backward has no deterministic kernel: warn there
         deterministic=True if on_cpu else "warn",
         callbacks=all_callbacks,
+        plugins=[AtomicCheckpointIO()],
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")],
         enable_progress_bar=progress,
         use_distributed_sampler=False,
@@ -563,12 +642,12 @@ def fit(
     with warnings.catch_warnings():
         # logs/ and tb/ live next to the checkpoints by design
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        interrupted = _fit_interruptible(trainer, module, datamodule, resume)
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else out / "last.ckpt"
     model_path = out / "model.pt"
     metrics: dict = {}
     kept: dict = {}
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and best.is_file():
         loaded = load_checkpoint(best)
         metrics = loaded.train.get("val", {})
         kept = {
@@ -587,16 +666,49 @@ def fit(
         best=metrics,
         epochs=trainer.current_epoch,
         kept=kept,
+        interrupted=interrupted,
+        bad_images={
+            k: int(v) for k, v in trainer.callback_metrics.items() if k.endswith("/bad_images")
+        },
     )
 
 
+def _fit_interruptible(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, resume
+) -> bool:
+    """trainer.fit; True when Ctrl-C or SIGTERM stopped it (Lightning turns both into a
+    SystemExit after marking the run interrupted), False when it ran to the end."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    except SystemExit:
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        return True
+    return False
+
+
 def _check_resumable(path: str | Path) -> None:
-    raw = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    raw = read_raw(path, mmap=True)
     if "optimizer_states" not in raw or "loops" not in raw:
         raise GeovitError(
             f"{path} has no training state to resume from: pass the run's last.ckpt "
             "(model.pt holds weights only)"
         )
+
+
+def weight_notes(module: GeoViTModule, config: TrainConfig) -> list[str]:
+    """Each part's weight source, and a warning for each random part stage 0 would freeze."""
+    reports = module.model.load_reports
+    lines = [r.line() for r in reports.values()]
+    if config.freeze_epochs > 0:
+        frozen = [r for p, r in reports.items() if p not in TRAINABLE[0] and not r.pretrained]
+        lines += [
+            f"warning: stage 0 (epochs 0-{config.freeze_epochs - 1}) freezes {r.part} {r.name}, "
+            "which has random weights: it learns nothing then (pass --freeze-epochs 0 to train "
+            "it from the start, or give it pretrained weights)"
+            for r in frozen
+        ]
+    return lines
 
 
 def train(
@@ -608,21 +720,31 @@ def train(
     *,
     resume: str | Path | None = None,
     progress: bool = True,
+    notify: Callable[[str], None] | None = None,
     build: Callable[..., tuple[L.LightningDataModule, DataReport]] = build_datamodule,
     callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
 ) -> tuple[TrainResult, DataReport]:
     """Train GeoViT on a manifest's train split, validating on its val split each epoch.
 
+    ``notify`` receives, before training, each part's weight source ("loaded N/M tensors")
+    and warnings about the schedule (default: this module's logger, warnings as warnings).
     ``build`` makes the datamodule (build_datamodule's signature; geovit.streaming's for shards).
     """
     L.seed_everything(config.seed, workers=True, verbose=False)  # the initial weights too
     module = GeoViTModule(model_config, cells, config)
+    if resume is None:  # a resumed run's weights come from its checkpoint
+        for line in weight_notes(module, config):
+            (notify or (log.warning if line.startswith("warning") else log.info))(line)
     mean, std = module.model.normalization
     dm, report = build(
         manifest, cells, image_size=model_config.image_size, mean=mean, std=std, config=config
     )
     module.data_info = dataclasses.asdict(report)
-    result = fit(module, dm, out_dir, resume=resume, progress=progress, callbacks=callbacks)
+    result = fit(
+        module, dm, out_dir, resume=resume, progress=progress, callbacks=callbacks,
+        overwrite=overwrite,
+    )  # fmt: skip
     return result, report
 
 
@@ -636,6 +758,7 @@ __all__ = [
     "PARTS",
     "STAGES",
     "TRAINABLE",
+    "AtomicCheckpointIO",
     "DataReport",
     "GeoDataModule",
     "GeoViTModule",
@@ -648,6 +771,9 @@ __all__ = [
     "fit",
     "label_splits",
     "param_groups",
+    "prepare_run_folder",
+    "require_readable",
     "resume_model",
     "train",
+    "weight_notes",
 ]

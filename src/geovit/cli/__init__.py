@@ -11,6 +11,7 @@ from geovit.cli import (  # noqa: F401  (importing registers the commands)
     serve,
     shards,
     train,
+    weights,
 )
 from geovit.cli._app import app
 from geovit.cli._common import main

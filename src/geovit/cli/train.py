@@ -38,13 +38,28 @@ def train(
         None, "--cells", help="cells.parquet from `geovit cells build` (not with --resume)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, model.pt."),
-    preset: str = typer.Option("seed", help="Model preset: seed (the design, GPU) or small (CPU)."),
+    preset: str = typer.Option(
+        "seed",
+        help="Model defaults: seed (the design, GPU), small (CPU), lite (EfficientNet-Lite0 with "
+        "offline ImageNet weights from geovit[lite]); --cnn/--vit/--arch override them.",
+    ),
+    arch: str = typer.Option(
+        None, help="hybrid (CNN -> ViT, the design), cnn or vit alone (default: hybrid)."
+    ),
+    cnn: str = typer.Option(None, "--cnn", help="timm CNN name (default: the preset's)."),
+    vit: str = typer.Option(None, "--vit", help="timm ViT name (default: the preset's)."),
     image_size: int = typer.Option(None, help="Input size in pixels (default: the preset's)."),
     pretrained: bool = typer.Option(
-        True, help="ImageNet weights via timm download (local --*-weights files win)."
+        True,
+        help="Real weights for both parts: a local file, an installed package or timm's "
+        "download (--pretrained-cnn/-vit decide one part).",
+    ),
+    pretrained_cnn: bool = typer.Option(None, help="Real CNN weights (default: --pretrained)."),
+    pretrained_vit: bool = typer.Option(
+        None, help="Real ViT weights (default: --pretrained; the lite preset: no)."
     ),
     cnn_weights: Path = typer.Option(None, help="Local CNN weights (.safetensors/.pth)."),
-    vit_weights: Path = typer.Option(None, help="Local ViT weights (.safetensors/.pth/.npz)."),
+    vit_weights: Path = typer.Option(None, help="Local ViT weights (.safetensors/.pth)."),
     epochs: int = typer.Option(23, help="Total epochs over all three stages."),
     freeze_epochs: int = typer.Option(3, help="Stage 1 (all layers) starts at this epoch."),
     cnn_refreeze_epoch: int = typer.Option(20, help="Stage 2 (CNN frozen) starts at this epoch."),
@@ -80,6 +95,9 @@ def train(
     limit_train_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     limit_val_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
+    overwrite: bool = typer.Option(
+        False, help="Replace the run already in --out (its checkpoints, model.pt and logs)."
+    ),
     progress: bool = typer.Option(True, help="Rich progress bars."),
 ) -> None:
     """Train GeoViT on DATA's train split (three stages), validating on its val split."""
@@ -124,14 +142,18 @@ def train(
         raise GeovitError("--cells is required: pass the cells.parquet from `geovit cells build`")
     else:
         cells = CellPartition.load(cells_path)
-        overrides = {"image_size": image_size} if image_size else {}
         model_cfg = model_config(
             preset,
             len(cells),
+            arch=arch,
+            cnn=cnn,
+            vit=vit,
             pretrained=pretrained,
+            cnn_pretrained=pretrained_cnn,
+            vit_pretrained=pretrained_vit,
             cnn_weights=str(cnn_weights) if cnn_weights else None,
             vit_weights=str(vit_weights) if vit_weights else None,
-            **overrides,
+            image_size=image_size,
         )
     from geovit.data.shards import is_shards
 
@@ -143,12 +165,19 @@ def train(
 
         build = functools.partial(build_shard_datamodule, root=data)
     result, data_report = run_training(
-        manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build
-    )
+        manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build,
+        notify=rank_zero_only(lambda line: console.print(line, highlight=False, soft_wrap=True)),
+        overwrite=overwrite,
+    )  # fmt: skip
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
     for line in data_report.lines():
         console.print(line, highlight=False)
+    bad = ", ".join(f"{k.split('/')[0]} {v}" for k, v in result.bad_images.items() if v)
+    if bad:
+        console.print(f"unreadable images skipped in the last epoch: {bad} (see the warnings)")
+    if result.interrupted:
+        _report_interrupt(result)
     best = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best.items()))
     kept = result.kept
     console.print(
@@ -160,6 +189,37 @@ def train(
     console.print(
         f"checkpoints: {result.best_ckpt}, {result.last_ckpt}; model: {result.model_path}"
     )
+
+
+def resume_command(argv: list[str], last_ckpt: Path) -> str:
+    """The command line that continues an interrupted run: the same one with --resume."""
+    import shlex
+
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith(("--resume=", "--overwrite", "--no-overwrite")):
+            kept.append(arg)
+    return shlex.join(["geovit", *kept, "--resume", str(last_ckpt)])
+
+
+def _report_interrupt(result) -> None:
+    """After Ctrl-C/SIGTERM: say what was kept and how to continue, exit 130."""
+    import sys
+
+    if not result.last_ckpt.is_file():
+        err_console.print("interrupted before the first epoch completed: nothing was saved")
+        raise typer.Exit(130)
+    err_console.print(
+        f"interrupted: {result.last_ckpt} holds the last complete epoch and {result.model_path} "
+        f"the best one; resume with:\n  {resume_command(sys.argv[1:], result.last_ckpt)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(130)
 
 
 def _batches(value: float) -> int | float:
