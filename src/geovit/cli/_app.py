@@ -17,3 +17,24 @@ def version() -> None:
     from geovit import __version__
 
     print(__version__)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from geovit import __version__
+
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the geovit version and exit.",
+    ),
+) -> None:
+    """Learn where a street-level photo was taken: S2 cells, GeoViT training, evaluation, maps."""
