@@ -43,18 +43,26 @@ def _ece_at(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float
     return expected_calibration_error(np.exp(logp.max(axis=1)), top == labels)
 
 
-def score_temperature(logits: np.ndarray, labels: np.ndarray, temperature: float) -> TemperatureFit:
-    """NLL and ECE of softmax(logits / T) against T = 1 on these images (labelled ones only):
-    how a temperature fitted elsewhere does here."""
+def _labelled(
+    logits: np.ndarray, labels: np.ndarray, task: str, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images with a cell (label >= 0) as float64 logits and int64 labels: images outside
+    every cell carry no likelihood. Fails in one line when none is left."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     keep = labels >= 0
-    logits, labels = logits[keep], labels[keep]
-    if len(labels) == 0:
+    if not keep.any():
         raise GeovitError(
-            "no images with a cell label to score a temperature on; "
-            "check that the split has images inside the checkpoint's cells"
+            f"no images with a cell label to {task}; "
+            f"check that {where} has images inside the checkpoint's cells"
         )
+    return logits[keep], labels[keep]
+
+
+def score_temperature(logits: np.ndarray, labels: np.ndarray, temperature: float) -> TemperatureFit:
+    """NLL and ECE of softmax(logits / T) against T = 1 on these images (labelled ones only):
+    how a temperature fitted elsewhere does here."""
+    logits, labels = _labelled(logits, labels, "score a temperature on", "the split")
     return TemperatureFit(
         temperature=temperature,
         n_images=len(labels),
@@ -77,15 +85,7 @@ def fit_temperature(
     all a bounded scalar search needs. Images without a class (label -1) carry no likelihood and
     are left out.
     """
-    logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    keep = labels >= 0
-    logits, labels = logits[keep], labels[keep]
-    if len(labels) == 0:
-        raise GeovitError(
-            "no validation images with a cell label to fit a temperature on; "
-            "check that the --split has images inside the checkpoint's cells"
-        )
+    logits, labels = _labelled(logits, labels, "fit a temperature on", "the --split")
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
     best = minimize_scalar(
         lambda log_t: nll_at(logits, labels, math.exp(log_t)),
