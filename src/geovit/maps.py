@@ -464,8 +464,11 @@ def probability_map(
         family="monospace",
     )
     fig.colorbar(coll, ax=ax, shrink=0.5, location="bottom", pad=0.02, label=prob_scale_label(log))
-    fig.suptitle(title or f"Probability over {len(cells)} cells")
-    ax.set_title(f"{geom.proj.label}; boundaries: Natural Earth", loc="left", fontsize=7)
+    # The title sits on the axes, not the figure: an equal-aspect map in a taller figure would
+    # otherwise leave a band of white between a suptitle and the map.
+    ax.set_title(title or f"Probability over {len(cells)} cells", pad=16)
+    ax.text(0, 1.005, f"{geom.proj.label}; boundaries: Natural Earth", transform=ax.transAxes,
+            fontsize=7, va="bottom")  # fmt: skip
     if path is not None:
         save_figure(fig, path)
     return CellMap(fig, p, top, geom.proj, best, error_km)
