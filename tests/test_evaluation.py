@@ -23,7 +23,7 @@ from geovit.cli import app
 from geovit.data.images import build_transform, decode_image
 from geovit.data.manifest import load_manifest
 from geovit.errors import GeovitError
-from geovit.metrics import GeoMetrics, reverse_geocode
+from geovit.metrics import GeoMetrics, ScoredBatch, reverse_geocode, top_cell_points
 from geovit.predictor import Predictor
 
 
@@ -54,7 +54,11 @@ def test_evaluate_equals_one_shot_reference(predictor, manifest, metrics):
     truth = {
         c.removeprefix("unique_"): rows[c].to_numpy(object) for c in rows if c.startswith("unique_")
     }
-    ref.update(logits, cells.assign(lat, lon), lat, lon, {**reverse_geocode(lat, lon), **truth})
+    plat, plon = top_cell_points(logits, cells.centroid_lat, cells.centroid_lon)
+    places = {**reverse_geocode(lat, lon), **truth}
+    ref.update(
+        ScoredBatch.from_logits(logits, cells.assign(lat, lon), lat, lon, plat, plon, places)
+    )
     expected = ref.compute()
 
     assert metrics["n_split_images"] == len(rows) == metrics["n_images"]

@@ -17,9 +17,11 @@ from geovit.metrics import (
     DistanceError,
     GeoMetrics,
     PlaceAccuracy,
+    ScoredBatch,
     expected_calibration_error,
     log_softmax,
     neighbours_within,
+    top_cell_points,
     topk_indices,
 )
 
@@ -54,6 +56,12 @@ def _assert_close_nested(a, b):
         assert a == b
 
 
+def _scored(collection, logits, labels, tlat, tlon, places=None):
+    """A scored batch whose predicted point is the top cell's centroid."""
+    plat, plon = top_cell_points(logits, collection.centroid_lat, collection.centroid_lon)
+    return ScoredBatch.from_logits(logits, labels, tlat, tlon, plat, plon, places)
+
+
 def test_cell_accuracy_hand_case():
     logits = np.array(
         [
@@ -65,7 +73,7 @@ def test_cell_accuracy_hand_case():
     )
     labels = np.array([1, 2, -1, 0])
     acc = CellAccuracy(ks=(1, 3))
-    acc.update(log_softmax(logits), labels)
+    acc.add(log_softmax(logits), labels)
     out = acc.compute()
     assert (out["n_images"], out["n_outside_cells"], out["n_in_cell"]) == (4, 1, 3)
     assert out["cell_accuracy"]["all_images"] == {"top1": 1 / 4, "top3": 2 / 4}
@@ -90,9 +98,9 @@ def test_cell_accuracy_matches_sorting_reference_and_torch_ce():
 
     streamed = CellAccuracy(ks)
     for start, stop in [(0, 1), (1, 100), (100, 333), (333, n)]:
-        streamed.update(log_softmax(logits[start:stop]), labels[start:stop])
+        streamed.add(log_softmax(logits[start:stop]), labels[start:stop])
     once = CellAccuracy(ks)
-    once.update(log_softmax(logits), labels)
+    once.add(log_softmax(logits), labels)
     _assert_close_nested(streamed.compute(), once.compute())
 
     order = np.argsort(-logits, axis=1)
@@ -122,8 +130,8 @@ def test_distance_error_hand_case():
     pred_lon = np.array([0.0, 1.0, 180.0, 20.0])
     d = np.array([0.0, KM_PER_DEG, 180 * KM_PER_DEG, 2 * KM_PER_DEG])  # 0, 111.19, 20015.1, 222.4
     acc = DistanceError(thresholds_km=(0.0, 1.0, 200.0, 250.0, 25000.0))
-    acc.update(true_lat[:2], true_lon[:2], pred_lat[:2], pred_lon[:2])
-    acc.update(true_lat[2:], true_lon[2:], pred_lat[2:], pred_lon[2:])
+    acc.add(true_lat[:2], true_lon[:2], pred_lat[:2], pred_lon[:2])
+    acc.add(true_lat[2:], true_lon[2:], pred_lat[2:], pred_lon[2:])
     out = acc.compute()
     dist = out["distance"]
     assert dist["mean_km"] == pytest.approx(d.mean(), rel=1e-9)
@@ -148,7 +156,7 @@ def test_calibration_hand_case_and_reference():
     assert expected_calibration_error(conf, correct) == pytest.approx(expected, abs=1e-12)
 
     cal = Calibration(15)
-    cal.update(conf, correct)
+    cal.add(conf, correct)
     bins = cal.compute()["calibration"]["bins"]
     assert [b["count"] for b in bins if b["count"]] == [1, 1, 2]
     assert bins[14]["accuracy"] == 0.5 and bins[14]["confidence"] == pytest.approx(0.95)
@@ -164,8 +172,8 @@ def test_calibration_hand_case_and_reference():
         if m.any():
             ref += m.mean() * abs(correct[m].mean() - conf[m].mean())
     streamed = Calibration(15)
-    streamed.update(conf[:400], correct[:400])
-    streamed.update(conf[400:], correct[400:])
+    streamed.add(conf[:400], correct[:400])
+    streamed.add(conf[400:], correct[400:])
     assert streamed.compute()["calibration"]["ece"] == pytest.approx(ref, abs=1e-12)
 
 
@@ -183,7 +191,7 @@ def test_concentration_hand_case():
     # A and B are 111 km apart, C is 1112 km from A.
     conc = Concentration(np.array([0.0, 0.0, 0.0]), np.array([0.0, 1.0, 10.0]), radius_km=200.0)
     probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
-    conc.update(np.log(probs))
+    conc.add(np.log(probs))
     out = conc.compute()["concentration"]
     assert out["mass_within_200km"]["mean"] == pytest.approx((0.8 + 0.7) / 2, rel=1e-6)
     entropies = [-sum(p * math.log(p) for p in row) for row in probs]
@@ -210,8 +218,8 @@ def test_place_accuracy_masks_missing_labels_and_caches(monkeypatch):
         "region": ["Ile-de-France_FR", "California_US", "", "NaN"],
     }
     acc = PlaceAccuracy(levels=("country", "region"))
-    acc.update(pred_lat[:2], pred_lon[:2], {k: v[:2] for k, v in truth.items()})
-    acc.update(pred_lat[2:], pred_lon[2:], {k: v[2:] for k, v in truth.items()})
+    acc.add(pred_lat[:2], pred_lon[:2], {k: v[:2] for k, v in truth.items()})
+    acc.add(pred_lat[2:], pred_lon[2:], {k: v[2:] for k, v in truth.items()})
     out = acc.compute()["place_accuracy"]
     assert out["country"] == {"accuracy": 2 / 3, "n_labelled": 3}
     assert out["region"] == {"accuracy": 1.0, "n_labelled": 2}
@@ -237,10 +245,10 @@ def test_geometrics_streaming_equals_brute_force():
     streamed = GeoMetrics(clat, clon, ks=(1, 5), place_levels=())
     for start in range(0, n, 64):
         s = slice(start, start + 64)
-        streamed.update(logits[s], labels[s], tlat[s], tlon[s])
+        streamed.update(_scored(streamed, logits[s], labels[s], tlat[s], tlon[s]))
     out = streamed.compute()
     once = GeoMetrics(clat, clon, ks=(1, 5), place_levels=())
-    once.update(logits, labels, tlat, tlon)
+    once.update(_scored(once, logits, labels, tlat, tlon))
     _assert_close_nested(out, once.compute())
 
     top = np.argsort(-logits, axis=1)[:, 0]
@@ -320,7 +328,7 @@ def test_median_distance_is_exact_in_float64():
     lon1, lon2 = rng.uniform(-180, 180, (2, 1001))
     acc = DistanceError()
     for s in range(0, 1001, 100):
-        acc.update(lat1[s : s + 100], lon1[s : s + 100], lat2[s : s + 100], lon2[s : s + 100])
+        acc.add(lat1[s : s + 100], lon1[s : s + 100], lat2[s : s + 100], lon2[s : s + 100])
 
     def hav(a1, o1, a2, o2):
         p1, p2 = math.radians(a1), math.radians(a2)
@@ -333,3 +341,61 @@ def test_median_distance_is_exact_in_float64():
     want = statistics.median(map(hav, lat1, lon1, lat2, lon2))
     assert acc.compute()["distance"]["median_km"] == pytest.approx(want, rel=1e-12, abs=0)
     assert acc.distances.dtype == np.float64
+
+
+def _random_batch(rng, n, clat, clon):
+    k = len(clat)
+    logits = rng.normal(size=(n, k)) * 2
+    labels = rng.integers(-1, k, size=n)
+    return logits, labels, rng.uniform(30, 50, n), rng.uniform(-125, -100, n)
+
+
+@pytest.mark.parametrize("part", metrics.PARTS)
+def test_every_accumulator_merges_like_one_pass(part):
+    """The DDP contract of the protocol: two accumulators fed one half each, merged through
+    their states, give the result of one accumulator fed both halves (and rows()/tables() read
+    it back)."""
+    rng = np.random.default_rng(9)
+    clat, clon = rng.uniform(30, 50, 30), rng.uniform(-125, -100, 30)
+    whole = GeoMetrics(clat, clon, ks=(1, 3), place_levels=("country",), parts=(part,))
+    halves = [GeoMetrics(clat, clon, ks=(1, 3), place_levels=("country",), parts=(part,))
+              for _ in range(2)]  # fmt: skip
+    for i in range(4):
+        logits, labels, tlat, tlon = _random_batch(rng, 25 + i, clat, clon)
+        batch = _scored(whole, logits, labels, tlat, tlon, {"country": ["US"] * len(labels)})
+        whole.update(batch)
+        halves[i % 2].update(batch)
+    merged = GeoMetrics(clat, clon, ks=(1, 3), place_levels=("country",), parts=(part,))
+    merged.sync(lambda state: [h.state() for h in halves])  # what all_gather_object returns
+    _assert_close_nested(merged.compute(), whole.compute())
+    halves[0].merge(halves[1])
+    _assert_close_nested(halves[0].compute(), whole.compute())
+    _assert_close_nested([list(r) for r in merged.rows()], [list(r) for r in whole.rows()])
+
+
+def test_geometrics_rows_and_tables_read_back_the_numbers():
+    rng = np.random.default_rng(10)
+    clat, clon = rng.uniform(30, 50, 20), rng.uniform(-125, -100, 20)
+    m = GeoMetrics(clat, clon, ks=(1, 5), place_levels=())
+    m.update(_scored(m, *_random_batch(rng, 50, clat, clon)))
+    out = m.compute()
+    rows = {name: v for _, name, v in m.rows()}
+    assert (
+        rows["Cell accuracy top5 (all test images)"] == out["cell_accuracy"]["all_images"]["top5"]
+    )
+    assert rows["Median great-circle error (km)"] == out["distance"]["median_km"]
+    assert rows["Expected calibration error (15 bins)"] == out["calibration"]["ece"]
+    assert metrics.median_km(out) == out["distance"]["median_km"]
+    assert metrics.within_km(out, 200) == out["distance"]["accuracy_within_km"]["200"]
+    assert metrics.top_accuracy(out, 5) == out["cell_accuracy"]["all_images"]["top5"]
+    titles = [title for title, _, _ in m.tables()]
+    assert titles[0] == "Cell accuracy" and "Place accuracy" not in " ".join(titles)
+
+
+def test_scored_batch_takes_the_predicted_point_as_given():
+    """A point estimator other than the top cell's centroid changes the distances only."""
+    logits = np.array([[2.0, 0.0], [0.0, 2.0]])
+    sb = ScoredBatch.from_logits(logits, [0, 0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 2.0])
+    np.testing.assert_allclose(sb.distance_km, [KM_PER_DEG, 2 * KM_PER_DEG], rtol=1e-12)
+    np.testing.assert_array_equal(sb.top, [0, 1])
+    np.testing.assert_allclose(sb.confidence, [1 / (1 + math.exp(-2))] * 2, rtol=1e-12)

@@ -25,7 +25,13 @@ from geovit.data.synth import SYNTHETIC_NOTICE, world_info
 from geovit.errors import GeovitError
 from geovit.fileio import write_text
 from geovit.hub import OSV5M_REPO
-from geovit.metrics import DISTANCE_CONVENTION
+from geovit.metrics import (
+    CONCENTRATION_RADIUS_KM,
+    DISTANCE_CONVENTION,
+    GeoMetrics,
+    PlaceAccuracy,
+    pct,
+)
 from geovit.model import ModelConfig
 
 
@@ -66,10 +72,6 @@ def describe_dataset(path: str | os.PathLike, name: str) -> DatasetInfo:
     )
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
 def _km(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.1f} km"
 
@@ -82,20 +84,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def headline_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, str, float]]:
     """(metric type, readable name, value) of the numbers a reader compares models on."""
-    out: list[tuple[str, str, float]] = []
-    for k, v in metrics["cell_accuracy"]["all_images"].items():
-        out.append(("accuracy", f"Cell accuracy {k} (all test images)", v))
-    for k, v in metrics["cell_accuracy"]["in_cell_images"].items():
-        out.append(("accuracy", f"Cell accuracy {k} (images inside kept cells)", v))
-    dist = metrics["distance"]
-    out.append(("median_distance_km", "Median great-circle error (km)", dist["median_km"]))
-    out.append(("mean_distance_km", "Mean great-circle error (km)", dist["mean_km"]))
-    for t, v in dist["accuracy_within_km"].items():
-        out.append(("accuracy", f"Within {t} km", v))
-    out.append(("geoscore", "Mean GeoGuessr score", metrics["geoscore_mean"]))
-    out.append(("cross_entropy", "Cross-entropy (in-cell images)", metrics["cross_entropy"]))
-    out.append(("ece", "Expected calibration error (15 bins)", metrics["calibration"]["ece"]))
-    return [(t, n, float(v)) for t, n, v in out if v is not None]
+    return GeoMetrics.rows_of(metrics)
 
 
 def _front_matter(ckpt: LoadedCheckpoint, metrics: Mapping[str, Any], data: DatasetInfo) -> str:
@@ -236,18 +225,16 @@ def model_card(
                 name,
                 _km(v)
                 if "km)" in name
-                else (f"{v:.4f}" if t in {"cross_entropy", "ece", "geoscore"} else _pct(v)),
+                else (f"{v:.4f}" if t in {"cross_entropy", "ece", "geoscore"} else pct(v)),
             ]
             for t, name, v in headline_metrics(metrics)
         ],
     )
-    places = metrics.get("place_accuracy", {})
-    place_rows = [[lvl, _pct(v["accuracy"]), v["n_labelled"]] for lvl, v in places.items()]
+    place_rows = PlaceAccuracy.tables_of(metrics)[0][2] if PlaceAccuracy.key in metrics else []
     conc = metrics.get("concentration", {})
     entropy = conc.get("entropy_nats", {})
-    mass_key = next((k for k in conc if k.startswith("mass_within")), None)
-    mass = conc.get(mass_key, {}) if mass_key else {}
-    ece = metrics["calibration"]["ece"]
+    mass = conc.get(f"mass_within_{CONCENTRATION_RADIUS_KM:g}km", {})
+    cal = metrics["calibration"]
     synthetic = f"\n{SYNTHETIC_NOTICE}\n" if data.synthetic else ""
     calibrated = "fitted on the validation split" if ckpt.temperature != 1.0 else "not calibrated"
     place_table = (
@@ -334,10 +321,11 @@ Distances: {DISTANCE_CONVENTION}.
   {len(cells):,} cells it was trained on and always answers one of them.
 
 ## Limitations
-- Calibration: expected calibration error {ece:.4f} (15 equal-width bins). Mean prediction entropy
-  {entropy.get("mean", float("nan")):.3f} nats; mean probability mass within 200 km of the top
-  cell {mass.get("mean", float("nan")):.3f}. A confident answer can still be wrong, and a diffuse
-  one is a guess: read probabilities with the reliability diagram of the report.
+- Calibration: expected calibration error {cal["ece"]:.4f} ({cal["n_bins"]} equal-width
+  bins). Mean prediction entropy {entropy.get("mean", float("nan")):.3f} nats; mean probability
+  mass within {CONCENTRATION_RADIUS_KM:g} km of the top cell {mass.get("mean", float("nan")):.3f}.
+  A confident answer can still be wrong, and a diffuse one is a guess: read probabilities with
+  the reliability diagram of the report.
 - Biased toward densely photographed places: cells are small in towns and large (or pruned) in
   the countryside, so rural images are located coarsely or fall outside every cell.
 - The prediction is a cell centroid, so the error is at least the distance to that centroid.

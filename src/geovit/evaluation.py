@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,10 +27,17 @@ from geovit.fileio import write_bytes, write_text
 from geovit.geo import haversine_km
 from geovit.metrics import (
     CONCENTRATION_RADIUS_KM,
+    HEADLINE_KM,
     PLACE_LEVELS,
+    TOP_KS,
     GeoMetrics,
+    ScoredBatch,
+    Table,
+    distance_convention,
     log_softmax,
+    num,
     reverse_geocode,
+    top_cell_points,
 )
 from geovit.predictor import Predictor
 
@@ -135,7 +141,7 @@ def evaluate(
     *,
     batch_size: int = 64,
     workers: int = 0,
-    ks: Sequence[int] = (1, 3, 5),
+    ks: Sequence[int] = TOP_KS,
     places: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -150,7 +156,7 @@ def evaluate_with_images(
     *,
     batch_size: int = 64,
     workers: int = 0,
-    ks: Sequence[int] = (1, 3, 5),
+    ks: Sequence[int] = TOP_KS,
     places: bool = True,
     progress: Progress | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -199,7 +205,13 @@ def _evaluate(
         if places:
             batch_labels = {level: v[idx] for level, v in place_labels.items()}
             truth = _true_places(batch_labels, lat[idx], lon[idx])
-        metrics.update(logits, labels[idx], lat[idx], lon[idx], truth)
+        # the point estimate enters here: the top cell's centroid
+        pred_lat, pred_lon = top_cell_points(logits, cells.centroid_lat, cells.centroid_lon)
+        metrics.update(
+            ScoredBatch.from_logits(
+                logits, labels[idx], lat[idx], lon[idx], pred_lat, pred_lon, truth
+            )
+        )
         if per_image:
             parts.append(image_stats(cells, idx, logits, labels, lat, lon, sequence))
     if n_bad == len(rows):
@@ -221,7 +233,7 @@ def majority_baseline(
     manifest: pd.DataFrame, cells: CellPartition, split: str = "test"
 ) -> dict[str, float]:
     """Chance and "always predict the most common training cell" on a split's top-1 accuracy and
-    within-200-km accuracy (the predicted point being that cell's centroid)."""
+    within-HEADLINE_KM accuracy (the predicted point being that cell's centroid)."""
     rows = manifest[manifest["split"] == split]
     lat, lon = rows["latitude"].to_numpy(np.float64), rows["longitude"].to_numpy(np.float64)
     common = int(np.argmax(cells.counts))
@@ -229,7 +241,7 @@ def majority_baseline(
     return {
         "chance_top1": 1.0 / len(cells),
         "majority_top1": float(np.mean(cells.assign(lat, lon) == common)),
-        "majority_within_200km": float(np.mean(d < 200.0)),
+        f"majority_within_{HEADLINE_KM:g}km": float(np.mean(d < HEADLINE_KM)),
     }
 
 
@@ -284,116 +296,22 @@ def write_metrics_json(metrics: dict[str, Any], path: str | os.PathLike) -> Path
     return write_text(path, json.dumps(metrics, indent=2, sort_keys=False) + "\n")
 
 
-def pct(v: float | None) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
-
-
-def _num(v: float | None, fmt: str = ".3f") -> str:
-    return "n/a" if v is None else format(v, fmt)
-
-
-def summary_tables(m: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) tables of a metrics dict: shared by metrics.md and the CLI."""
-    cell = m["cell_accuracy"]
-    ks = list(cell["all_images"])
-    dist = m["distance"]
-    tables = [
-        (
-            "Images",
-            [
-                "split",
-                "images in split",
-                "scored",
-                "unreadable (skipped)",
-                "outside every cell",
-                "classes",
-            ],
-            [
-                [
-                    m["split"],
-                    str(m["n_split_images"]),
-                    str(m["n_images"]),
-                    str(m["n_unreadable"]),
-                    str(m["n_outside_cells"]),
-                    str(m["n_classes"]),
-                ]
-            ],
-        ),
-        (
-            "Cell accuracy",
-            ["", *[k.replace("top", "top-") for k in ks]],
-            [
-                [
-                    "all scored images (outside-cell images count as wrong)",
-                    *[pct(cell["all_images"][k]) for k in ks],
-                ],
-                [
-                    "in-cell images only (the design's view)",
-                    *[pct(cell["in_cell_images"][k]) for k in ks],
-                ],
-            ],
-        ),
-        (
-            "Distance error (predicted point = top cell's centroid)",
-            [
-                "mean km",
-                "median km",
-                *[f"< {t} km" for t in dist["accuracy_within_km"]],
-                "GeoGuessr score",
-            ],
-            [
-                [
-                    _num(dist["mean_km"], ".1f"),
-                    _num(dist["median_km"], ".1f"),
-                    *[pct(v) for v in dist["accuracy_within_km"].values()],
-                    _num(m["geoscore_mean"], ".0f"),
-                ]
-            ],
-        ),
-    ]
-    if "place_accuracy" in m:
-        tables.append(
-            (
-                "Place accuracy (reverse_geocoder on the predicted point)",
-                ["level", "accuracy", "labelled images"],
-                [
-                    [lvl, pct(v["accuracy"]), str(v["n_labelled"])]
-                    for lvl, v in m["place_accuracy"].items()
-                ],
-            )
-        )
-    cal, conc = m["calibration"], m["concentration"]
-    tables += [
-        (
-            "Loss and calibration",
-            [
-                "cross-entropy (in-cell images)",
-                f"ECE ({cal['n_bins']} bins, top-1 confidence)",
-                "temperature",
-            ],
-            [
-                [
-                    _num(m["cross_entropy"], ".4f"),
-                    _num(cal["ece"], ".4f"),
-                    _num(m["temperature"], ".4f"),
-                ]
-            ],
-        ),
-        (
-            "Concentration of each prediction",
-            ["", "mean", "median"],
-            [
-                [name.replace("_", " "), _num(v["mean"], ".3f"), _num(v["median"], ".3f")]
-                for name, v in conc.items()
-            ],
-        ),
-    ]
-    return tables
+def summary_tables(m: dict[str, Any]) -> list[Table]:
+    """(title, header, rows) tables of a metrics dict: shared by metrics.md, the CLI and the
+    report. The run's own counts first, then every accumulator's tables."""
+    images = (
+        "Images",
+        ["split", "images in split", "scored", "unreadable (skipped)", "outside every cell",
+         "classes"],
+        [[m["split"], str(m["n_split_images"]), str(m["n_images"]), str(m["n_unreadable"]),
+          str(m["n_outside_cells"]), str(m["n_classes"])]],
+    )  # fmt: skip
+    return [images, *GeoMetrics.tables_of(m)]
 
 
 def metrics_markdown(m: dict[str, Any], title: str = "Evaluation") -> str:
     """A readable report of a metrics dict, stating the distance convention."""
-    lines = [f"# {title}", "", f"Distances: {m['distance']['convention']}.", ""]
+    lines = [f"# {title}", "", f"Distances: {distance_convention(m)}.", ""]
     for name, header, rows in summary_tables(m):
         lines += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -434,7 +352,7 @@ def reliability_figure(m: dict[str, Any]) -> Figure:
     ax.bar(
         lower, acc, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy"
     )
-    gap = np.nan_to_num(conf - acc)
+    gap = np.nan_tonum(conf - acc)
     for sign, colour, label in (
         (1, OVER_COLOUR, "over-confident: confidence > accuracy"),
         (-1, UNDER_COLOUR, "under-confident: confidence < accuracy"),
@@ -446,7 +364,7 @@ def reliability_figure(m: dict[str, Any]) -> Figure:
     ax.set(
         ylim=(0, 1),
         ylabel="top-1 accuracy",
-        title=f"{m['split']}: ECE {_num(cal['ece'], '.4f')}, T = {_num(m['temperature'], '.3f')}",
+        title=f"{m['split']}: ECE {num(cal['ece'], '.4f')}, T = {num(m['temperature'], '.3f')}",
     )
     ax.legend(loc="upper left", fontsize=8)
     axc.bar(lower, count, width=width, align="edge", color="#8c8c8c", edgecolor="white")

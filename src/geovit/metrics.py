@@ -1,4 +1,11 @@
-"""Streaming evaluation metrics: every accumulator takes one batch of NumPy arrays at a time.
+"""Streaming evaluation metrics: one scored batch, fed to every accumulator of one collection.
+
+Every accumulator follows one protocol (:class:`Accumulator`): ``update(batch)`` with a
+:class:`ScoredBatch` built once per batch, ``compute()`` -> a JSON-ready dict, ``rows()`` -> the
+headline numbers, ``tables()`` -> the readable tables, and a sum/concatenate state
+(``state()`` / ``merge_state()``) so the states of several processes (DDP) merge into the one
+result a single process would get. Validation during training, ``geovit evaluate``, the report
+and the model card all use :class:`GeoMetrics`, so a metric is written once.
 
 Evaluation on OpenStreetView-5M means 1M+ images x thousands of cells, so nothing here keeps
 logits: per-batch work reduces them to counts and sums, and only a few numbers per image
@@ -11,14 +18,19 @@ labels built from ``reverse_geocoder`` as ``cc``, ``admin1_cc``, ``admin2_admin1
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from geovit.geo import EARTH_RADIUS_KM, geoscore, haversine_km
 
-DISTANCE_THRESHOLDS_KM: tuple[float, ...] = (1.0, 25.0, 200.0, 750.0, 2500.0)
+TOP_KS: tuple[int, ...] = (1, 3, 5)
+HEADLINE_KM = 200.0  # the "within X km" figure quoted next to top-1 (OSV-5M's region scale)
+DISTANCE_THRESHOLDS_KM: tuple[float, ...] = (1.0, 25.0, HEADLINE_KM, 750.0, 2500.0)
 PLACE_LEVELS: tuple[str, ...] = ("country", "region", "sub-region", "city")
 DISTANCE_CONVENTION = (
     f"great-circle distance by the haversine formula with Earth radius {EARTH_RADIUS_KM:g} km; "
@@ -101,10 +113,164 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den else None
 
 
+def _copy(value: Any) -> Any:
+    return value.copy() if isinstance(value, np.ndarray) else value
+
+
+# ----------------------------------------------------------------------------- the scored batch
+
+
+def top_cell_points(
+    scores: np.ndarray, centroid_lat: np.ndarray, centroid_lon: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The default point estimate: each row's top cell's centroid (lat, lon)."""
+    top = np.asarray(scores).argmax(axis=1)
+    return np.asarray(centroid_lat)[top], np.asarray(centroid_lon)[top]
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """One batch as every accumulator sees it, built once per batch.
+
+    The predicted coordinates are an input, not derived here: the point estimator (top cell's
+    centroid by default, :func:`top_cell_points`) is the caller's choice. Derived arrays (top
+    cell, confidence, distances, ranks) are computed on first use and shared by all accumulators.
+    """
+
+    log_probs: np.ndarray  # (B, K) float64 log-softmax of temperature-scaled logits
+    labels: np.ndarray  # (B,) int64 true class, -1 = outside every kept cell
+    true_lat: np.ndarray  # (B,) float64
+    true_lon: np.ndarray
+    pred_lat: np.ndarray  # (B,) float64: the point estimate of each image
+    pred_lon: np.ndarray
+    true_places: Mapping[str, Sequence[Any]] | None = None  # level -> ``unique_*`` labels
+
+    @classmethod
+    def from_logits(
+        cls,
+        logits: np.ndarray,
+        labels: np.ndarray,
+        true_lat: np.ndarray,
+        true_lon: np.ndarray,
+        pred_lat: np.ndarray,
+        pred_lon: np.ndarray,
+        true_places: Mapping[str, Sequence[Any]] | None = None,
+    ) -> ScoredBatch:
+        """A scored batch from (B, K) logits (temperature already applied)."""
+        f64 = np.float64
+        return cls(
+            log_softmax(logits),
+            np.asarray(labels, dtype=np.int64),
+            np.asarray(true_lat, dtype=f64),
+            np.asarray(true_lon, dtype=f64),
+            np.asarray(pred_lat, dtype=f64),
+            np.asarray(pred_lon, dtype=f64),
+            true_places,
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @cached_property
+    def top(self) -> np.ndarray:
+        """(B,) the top cell of each image."""
+        return self.log_probs.argmax(axis=1)
+
+    @cached_property
+    def confidence(self) -> np.ndarray:
+        """(B,) the top cell's probability."""
+        return np.exp(self.log_probs[np.arange(len(self)), self.top])
+
+    @cached_property
+    def rank(self) -> np.ndarray:
+        """(B,) 0-based rank of the true cell (see :func:`true_class_rank`)."""
+        return true_class_rank(self.log_probs, self.labels)
+
+    @cached_property
+    def distance_km(self) -> np.ndarray:
+        """(B,) float64 great-circle error of the predicted point."""
+        d = haversine_km(self.true_lat, self.true_lon, self.pred_lat, self.pred_lon)
+        return np.asarray(d, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+Row = tuple[str, str, float]  # (metric type, readable name, value): the card's model-index
+Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows): metrics.md, CLI, report
+
+
+def pct(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+
+
+def num(v: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+class Accumulator:
+    """The metric protocol: ``update(batch)``, ``compute()``, ``rows()``, ``tables()``, and a
+    state that merges across processes.
+
+    A subclass names its state: ``sum_state`` attributes (counts and sums: numbers or arrays)
+    add up, ``cat_state`` attributes (lists of per-image arrays, for exact medians)
+    concatenate. ``rows_of``/``tables_of`` read the accumulator's own keys back out of a metrics
+    dict (one just computed or one read from metrics.json), so no consumer indexes it by hand.
+    """
+
+    key = ""  # the top-level key its compute() writes (rows_of/tables_of need it in the dict)
+    sum_state: tuple[str, ...] = ()
+    cat_state: tuple[str, ...] = ()
+
+    def reset(self) -> None:
+        """Empty the state."""
+        raise NotImplementedError
+
+    def update(self, batch: ScoredBatch) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def rows_of(m: Mapping[str, Any]) -> list[Row]:
+        """Headline numbers of this accumulator in metrics dict ``m``."""
+        return []
+
+    @staticmethod
+    def tables_of(m: Mapping[str, Any]) -> list[Table]:
+        """Readable tables of this accumulator in metrics dict ``m``."""
+        return []
+
+    def rows(self) -> list[Row]:
+        return self.rows_of(self.compute())
+
+    def tables(self) -> list[Table]:
+        return self.tables_of(self.compute())
+
+    def state(self) -> dict[str, Any]:
+        """The mergeable state: sums as they are, each per-image list as one array."""
+        out = {name: _copy(getattr(self, name)) for name in self.sum_state}
+        for name in self.cat_state:
+            chunks = getattr(self, name)
+            out[name] = np.concatenate(chunks) if chunks else np.zeros(0)
+        return out
+
+    def merge_state(self, state: Mapping[str, Any]) -> None:
+        """Add another accumulator's ``state()`` (e.g. another process's) to this one."""
+        for name in self.sum_state:
+            setattr(self, name, getattr(self, name) + state[name])
+        for name in self.cat_state:
+            if len(state[name]):
+                getattr(self, name).append(np.asarray(state[name]))
+
+    def merge(self, other: Accumulator) -> None:
+        self.merge_state(other.state())
+
+
 # ----------------------------------------------------------------------------- accumulators
 
 
-class CellAccuracy:
+class CellAccuracy(Accumulator):
     """Top-k cell accuracy in two views, plus cross-entropy and counts.
 
     ``all_images``: every image; those whose true location lies outside every kept cell
@@ -112,19 +278,31 @@ class CellAccuracy:
     which silently dropped the others). Cross-entropy needs a class, so it is over in-cell images.
     """
 
-    def __init__(self, ks: Sequence[int] = (1, 3, 5)) -> None:
+    key = "cell_accuracy"
+    sum_state = ("n_images", "n_outside", "hits", "nll_sum")
+
+    def __init__(self, ks: Sequence[int] = TOP_KS) -> None:
         self.ks = tuple(sorted({int(k) for k in ks}))
         if not self.ks or self.ks[0] < 1:
             raise ValueError(f"top-k values must be positive integers, got {ks}")
+        self.reset()
+
+    def reset(self) -> None:
         self.n_images = 0
         self.n_outside = 0
         self.hits = np.zeros(len(self.ks), dtype=np.int64)
         self.nll_sum = 0.0
 
-    def update(self, log_probs: np.ndarray, labels: np.ndarray) -> None:
-        """log_probs: (B,K) log-softmax of temperature-scaled logits; labels: (B,), -1 = none."""
+    def update(self, batch: ScoredBatch) -> None:
+        self.add(batch.log_probs, batch.labels, batch.rank)
+
+    def add(
+        self, log_probs: np.ndarray, labels: np.ndarray, rank: np.ndarray | None = None
+    ) -> None:
+        """log_probs: (B,K) log-softmax of temperature-scaled logits; labels: (B,), -1 = none;
+        rank: the true class's rank when the caller has it already."""
         labels = np.asarray(labels, dtype=np.int64)
-        rank = true_class_rank(log_probs, labels)
+        rank = true_class_rank(log_probs, labels) if rank is None else rank
         inside = labels >= 0
         self.n_images += len(labels)
         self.n_outside += int((~inside).sum())
@@ -150,33 +328,86 @@ class CellAccuracy:
             "cross_entropy": _ratio(self.nll_sum, n_in),
         }
 
+    @staticmethod
+    def rows_of(m: Mapping[str, Any]) -> list[Row]:
+        cell = m["cell_accuracy"]
+        return [
+            ("accuracy", f"Cell accuracy {k} ({view_name})", v)
+            for view, view_name in (
+                ("all_images", "all test images"),
+                ("in_cell_images", "images inside kept cells"),
+            )
+            for k, v in cell[view].items()
+        ]
 
-class DistanceError:
+    @staticmethod
+    def tables_of(m: Mapping[str, Any]) -> list[Table]:
+        cell = m["cell_accuracy"]
+        ks = list(cell["all_images"])
+        return [
+            (
+                "Cell accuracy",
+                ["", *[k.replace("top", "top-") for k in ks]],
+                [
+                    [
+                        "all scored images (outside-cell images count as wrong)",
+                        *[pct(cell["all_images"][k]) for k in ks],
+                    ],
+                    [
+                        "in-cell images only (the design's view)",
+                        *[pct(cell["in_cell_images"][k]) for k in ks],
+                    ],
+                ],
+            )
+        ]
+
+
+def top_accuracy(m: Mapping[str, Any], k: int = 1, view: str = "all_images") -> float | None:
+    """Top-k cell accuracy of a metrics dict (``view``: all_images or in_cell_images)."""
+    return m["cell_accuracy"][view].get(f"top{k}")
+
+
+class DistanceError(Accumulator):
     """Great-circle error of the predicted point, with exact mean/median and strict-< accuracies.
 
     Sums, threshold counts and the per-image distances kept for the median are all float64
     (8 bytes per image: float32 would move the exact median by ~1e-5 km).
     """
 
+    key = "distance"
+    sum_state = ("within", "n", "dist_sum", "score_sum")
+    cat_state = ("_chunks",)
+
     def __init__(self, thresholds_km: Sequence[float] = DISTANCE_THRESHOLDS_KM) -> None:
         self.thresholds = np.asarray(sorted(thresholds_km), dtype=np.float64)
+        self.reset()
+
+    def reset(self) -> None:
         self.within = np.zeros(len(self.thresholds), dtype=np.int64)
         self.n = 0
         self.dist_sum = 0.0
         self.score_sum = 0.0
         self._chunks: list[np.ndarray] = []
 
-    def update(
+    def update(self, batch: ScoredBatch) -> None:
+        self.add_distances(batch.distance_km)
+
+    def add(
         self, true_lat: np.ndarray, true_lon: np.ndarray, pred_lat: np.ndarray, pred_lon: np.ndarray
     ) -> np.ndarray:
-        """Add one batch; returns its distances in km (float64)."""
+        """Add one batch of points; returns its distances in km (float64)."""
         d = np.asarray(haversine_km(true_lat, true_lon, pred_lat, pred_lon), dtype=np.float64)
+        self.add_distances(d)
+        return d
+
+    def add_distances(self, d: np.ndarray) -> None:
+        """Add one batch of errors in km."""
+        d = np.asarray(d, dtype=np.float64)
         self.n += d.size
         self.dist_sum += float(d.sum())
         self.score_sum += float(np.asarray(geoscore(d), dtype=np.float64).sum())
         self.within += (d[:, None] < self.thresholds[None, :]).sum(axis=0)
         self._chunks.append(d)
-        return d
 
     @property
     def distances(self) -> np.ndarray:
@@ -198,6 +429,53 @@ class DistanceError:
             },
             "geoscore_mean": _ratio(self.score_sum, self.n),
         }
+
+    @staticmethod
+    def rows_of(m: Mapping[str, Any]) -> list[Row]:
+        dist = m["distance"]
+        return [
+            ("median_distance_km", "Median great-circle error (km)", dist["median_km"]),
+            ("mean_distance_km", "Mean great-circle error (km)", dist["mean_km"]),
+            *[("accuracy", f"Within {t} km", v) for t, v in dist["accuracy_within_km"].items()],
+            ("geoscore", "Mean GeoGuessr score", m["geoscore_mean"]),
+        ]
+
+    @staticmethod
+    def tables_of(m: Mapping[str, Any]) -> list[Table]:
+        dist = m["distance"]
+        return [
+            (
+                "Distance error (predicted point = top cell's centroid)",
+                [
+                    "mean km",
+                    "median km",
+                    *[f"< {t} km" for t in dist["accuracy_within_km"]],
+                    "GeoGuessr score",
+                ],
+                [
+                    [
+                        num(dist["mean_km"], ".1f"),
+                        num(dist["median_km"], ".1f"),
+                        *[pct(v) for v in dist["accuracy_within_km"].values()],
+                        num(m["geoscore_mean"], ".0f"),
+                    ]
+                ],
+            )
+        ]
+
+
+def median_km(m: Mapping[str, Any]) -> float | None:
+    """Median great-circle error of a metrics dict."""
+    return m["distance"]["median_km"]
+
+
+def within_km(m: Mapping[str, Any], km: float = HEADLINE_KM) -> float | None:
+    """Share of images with error < ``km`` in a metrics dict (None if not measured)."""
+    return m["distance"]["accuracy_within_km"].get(f"{km:g}")
+
+
+def distance_convention(m: Mapping[str, Any]) -> str:
+    return m["distance"]["convention"]
 
 
 def reverse_geocode(lat: np.ndarray, lon: np.ndarray) -> dict[str, np.ndarray]:
@@ -240,21 +518,27 @@ def label_mask(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     )
 
 
-class PlaceAccuracy:
+class PlaceAccuracy(Accumulator):
     """Country / region / sub-region / city accuracy of the reverse-geocoded predicted point.
 
-    Predictions are cell centroids, so the geocoder cache holds at most K entries. Rows whose true
-    label is missing are masked out of that level (and counted in ``n_labelled``).
+    Top-cell predictions are cell centroids, so the geocoder cache holds at most K entries. Rows
+    whose true label is missing are masked out of that level (and counted in ``n_labelled``).
     """
+
+    key = "place_accuracy"
+    sum_state = ("correct", "labelled")
 
     def __init__(self, levels: Sequence[str] = PLACE_LEVELS) -> None:
         unknown = set(levels) - set(PLACE_LEVELS)
         if unknown:
             raise ValueError(f"unknown place levels {sorted(unknown)}; use {PLACE_LEVELS}")
         self.levels = tuple(levels)
-        self.correct = dict.fromkeys(self.levels, 0)
-        self.labelled = dict.fromkeys(self.levels, 0)
         self._cache: dict[tuple[float, float], tuple[str, ...]] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct = np.zeros(len(self.levels), dtype=np.int64)
+        self.labelled = np.zeros(len(self.levels), dtype=np.int64)
 
     def predicted_places(self, lat: np.ndarray, lon: np.ndarray) -> dict[str, np.ndarray]:
         """Place labels of predicted points, geocoding only points not seen before."""
@@ -278,46 +562,77 @@ class PlaceAccuracy:
             if level in self.levels
         }
 
-    def update(
+    def update(self, batch: ScoredBatch) -> None:
+        """Without ``batch.true_places`` the true coordinates are geocoded too."""
+        truth = batch.true_places
+        if truth is None:
+            truth = reverse_geocode(batch.true_lat, batch.true_lon)
+        self.add(batch.pred_lat, batch.pred_lon, truth)
+
+    def add(
         self, pred_lat: np.ndarray, pred_lon: np.ndarray, true_places: Mapping[str, Sequence[Any]]
     ) -> None:
         """true_places: level -> (B,) labels (``unique_<level>`` column values); levels absent
         from the mapping are skipped for this batch."""
         pred = self.predicted_places(pred_lat, pred_lon)
-        for level in self.levels:
+        for i, level in enumerate(self.levels):
             if level not in true_places:
                 continue
             truth = np.asarray(true_places[level], dtype=object)
             mask = label_mask(truth)
-            self.labelled[level] += int(mask.sum())
-            self.correct[level] += int((pred[level][mask] == truth[mask]).sum())
+            self.labelled[i] += int(mask.sum())
+            self.correct[i] += int((pred[level][mask] == truth[mask]).sum())
 
     def compute(self) -> dict[str, Any]:
         return {
             "place_accuracy": {
                 level: {
-                    "accuracy": _ratio(self.correct[level], self.labelled[level]),
-                    "n_labelled": self.labelled[level],
+                    "accuracy": _ratio(self.correct[i], self.labelled[i]),
+                    "n_labelled": int(self.labelled[i]),
                 }
-                for level in self.levels
+                for i, level in enumerate(self.levels)
             }
         }
 
+    @staticmethod
+    def tables_of(m: Mapping[str, Any]) -> list[Table]:
+        return [
+            (
+                "Place accuracy (reverse_geocoder on the predicted point)",
+                ["level", "accuracy", "labelled images"],
+                [
+                    [lvl, pct(v["accuracy"]), str(v["n_labelled"])]
+                    for lvl, v in m["place_accuracy"].items()
+                ],
+            )
+        ]
 
-class Calibration:
+
+class Calibration(Accumulator):
     """Expected calibration error of the top-1 confidence with equal-width bins.
 
     ECE = sum_b |B_b| / n * |acc(B_b) - conf(B_b)|, bins (b/M, (b+1)/M] as in Guo et al. (2017).
+    Its rows and table also show the cross-entropy (and the temperature when the dict has one):
+    loss and calibration are read together.
     """
+
+    key = "calibration"
+    sum_state = ("count", "conf_sum", "correct")
 
     def __init__(self, n_bins: int = ECE_BINS) -> None:
         self.n_bins = int(n_bins)
         self.edges = np.linspace(0.0, 1.0, self.n_bins + 1)
+        self.reset()
+
+    def reset(self) -> None:
         self.count = np.zeros(self.n_bins, dtype=np.int64)
         self.conf_sum = np.zeros(self.n_bins, dtype=np.float64)
         self.correct = np.zeros(self.n_bins, dtype=np.int64)
 
-    def update(self, confidence: np.ndarray, correct: np.ndarray) -> None:
+    def update(self, batch: ScoredBatch) -> None:
+        self.add(batch.confidence, batch.top == batch.labels)
+
+    def add(self, confidence: np.ndarray, correct: np.ndarray) -> None:
         conf = np.asarray(confidence, dtype=np.float64)
         b = np.clip(np.searchsorted(self.edges, conf, side="left") - 1, 0, self.n_bins - 1)
         self.count += np.bincount(b, minlength=self.n_bins)
@@ -345,20 +660,52 @@ class Calibration:
         ]
         return {"calibration": {"ece": ece, "n_bins": self.n_bins, "n": n, "bins": bins}}
 
+    @staticmethod
+    def rows_of(m: Mapping[str, Any]) -> list[Row]:
+        cal = m["calibration"]
+        return [
+            ("cross_entropy", "Cross-entropy (in-cell images)", m.get("cross_entropy")),
+            ("ece", f"Expected calibration error ({cal['n_bins']} bins)", cal["ece"]),
+        ]
+
+    @staticmethod
+    def tables_of(m: Mapping[str, Any]) -> list[Table]:
+        cal = m["calibration"]
+        return [
+            (
+                "Loss and calibration",
+                [
+                    "cross-entropy (in-cell images)",
+                    f"ECE ({cal['n_bins']} bins, top-1 confidence)",
+                    "temperature",
+                ],
+                [
+                    [
+                        num(m.get("cross_entropy"), ".4f"),
+                        num(cal["ece"], ".4f"),
+                        num(m.get("temperature"), ".4f"),
+                    ]
+                ],
+            )
+        ]
+
 
 def expected_calibration_error(
     confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS
 ) -> float:
     """ECE of a whole array at once (same binning as :class:`Calibration`)."""
     cal = Calibration(n_bins)
-    cal.update(confidence, correct)
+    cal.add(confidence, correct)
     return cal.compute()["calibration"]["ece"]
 
 
-class Concentration:
+class Concentration(Accumulator):
     """How concentrated each predicted distribution is: entropy (nats) and the probability mass
     on cells whose centroid lies within ``radius_km`` of the top cell's centroid (top included).
     """
+
+    key = "concentration"
+    cat_state = ("_entropy", "_mass")
 
     def __init__(
         self,
@@ -368,10 +715,16 @@ class Concentration:
     ) -> None:
         self.radius_km = float(radius_km)
         self.indptr, self.indices = neighbours_within(centroid_lat, centroid_lon, radius_km)
+        self.reset()
+
+    def reset(self) -> None:
         self._entropy: list[np.ndarray] = []
         self._mass: list[np.ndarray] = []
 
-    def update(self, log_probs: np.ndarray) -> None:
+    def update(self, batch: ScoredBatch) -> None:
+        self.add(batch.log_probs)
+
+    def add(self, log_probs: np.ndarray) -> None:
         logp = np.asarray(log_probs, dtype=np.float64)
         p = np.exp(logp)
         self._entropy.append((-(p * logp).sum(axis=1)).astype(np.float32))
@@ -392,58 +745,105 @@ class Concentration:
             }
         }
 
+    @staticmethod
+    def tables_of(m: Mapping[str, Any]) -> list[Table]:
+        return [
+            (
+                "Concentration of each prediction",
+                ["", "mean", "median"],
+                [
+                    [name.replace("_", " "), num(v["mean"], ".3f"), num(v["median"], ".3f")]
+                    for name, v in m["concentration"].items()
+                ],
+            )
+        ]
 
-class GeoMetrics:
-    """All evaluation metrics of a cell classifier, fed batch by batch.
 
-    The predicted location of an image is the centroid of its top cell. ``compute()`` returns one
-    JSON-ready dict (see the keys of the individual accumulators).
+# ----------------------------------------------------------------------------- the collection
+
+PARTS: tuple[str, ...] = ("cells", "distance", "places", "calibration", "concentration")
+ACCUMULATORS: dict[str, type[Accumulator]] = {
+    "cells": CellAccuracy,
+    "distance": DistanceError,
+    "places": PlaceAccuracy,
+    "calibration": Calibration,
+    "concentration": Concentration,
+}
+
+
+class GeoMetrics(Accumulator):
+    """All evaluation metrics of a cell classifier: one collection of accumulators, fed the same
+    :class:`ScoredBatch`. ``compute()`` returns one JSON-ready dict (the accumulators' keys);
+    ``parts`` picks a subset (validation during training keeps "cells" and "distance").
+
+    To add a metric: write an :class:`Accumulator`, add it to :data:`ACCUMULATORS` and build it
+    in ``__init__``; evaluation, validation, the report and the card pick it up from here.
     """
 
     def __init__(
         self,
         centroid_lat: np.ndarray,
         centroid_lon: np.ndarray,
-        ks: Sequence[int] = (1, 3, 5),
+        ks: Sequence[int] = TOP_KS,
         thresholds_km: Sequence[float] = DISTANCE_THRESHOLDS_KM,
         place_levels: Sequence[str] = PLACE_LEVELS,
         n_bins: int = ECE_BINS,
         radius_km: float = CONCENTRATION_RADIUS_KM,
+        parts: Sequence[str] = PARTS,
     ) -> None:
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown metric parts {sorted(unknown)}; use {PARTS}")
         self.centroid_lat = np.asarray(centroid_lat, dtype=np.float64)
         self.centroid_lon = np.asarray(centroid_lon, dtype=np.float64)
-        self.cells = CellAccuracy(ks)
-        self.distance = DistanceError(thresholds_km)
-        self.places = PlaceAccuracy(place_levels) if place_levels else None
-        self.calibration = Calibration(n_bins)
-        self.concentration = Concentration(self.centroid_lat, self.centroid_lon, radius_km)
+        build: dict[str, Callable[[], Accumulator]] = {
+            "cells": lambda: CellAccuracy(ks),
+            "distance": lambda: DistanceError(thresholds_km),
+            "places": lambda: PlaceAccuracy(place_levels),
+            "calibration": lambda: Calibration(n_bins),
+            "concentration": lambda: Concentration(self.centroid_lat, self.centroid_lon, radius_km),
+        }
+        wanted = [p for p in PARTS if p in parts and (p != "places" or place_levels)]
+        self.parts: dict[str, Accumulator] = {name: build[name]() for name in wanted}
 
-    def update(
-        self,
-        logits: np.ndarray,
-        labels: np.ndarray,
-        true_lat: np.ndarray,
-        true_lon: np.ndarray,
-        true_places: Mapping[str, Sequence[Any]] | None = None,
-    ) -> None:
-        """logits: (B,K) temperature-scaled; labels: (B,) class or -1; true_places: level ->
-        labels in ``unique_*`` format, or None to geocode the true coordinates."""
-        logp = log_softmax(logits)
-        labels = np.asarray(labels, dtype=np.int64)
-        top = logp.argmax(axis=1)
-        pred_lat, pred_lon = self.centroid_lat[top], self.centroid_lon[top]
-        self.cells.update(logp, labels)
-        self.distance.update(true_lat, true_lon, pred_lat, pred_lon)
-        if self.places is not None:
-            if true_places is None:
-                true_places = reverse_geocode(true_lat, true_lon)
-            self.places.update(pred_lat, pred_lon, true_places)
-        self.calibration.update(np.exp(logp[np.arange(len(top)), top]), top == labels)
-        self.concentration.update(logp)
+    def reset(self) -> None:
+        for part in self.parts.values():
+            part.reset()
+
+    def update(self, batch: ScoredBatch) -> None:
+        for part in self.parts.values():
+            part.update(batch)
 
     def compute(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for part in (self.cells, self.distance, self.places, self.calibration, self.concentration):
-            if part is not None:
-                out.update(part.compute())
+        for part in self.parts.values():
+            out.update(part.compute())
         return out
+
+    @staticmethod
+    def rows_of(m: Mapping[str, Any]) -> list[Row]:
+        """Every headline number of a metrics dict, without the unmeasured (None) ones."""
+        measured = [acc for acc in ACCUMULATORS.values() if acc.key in m]
+        rows = [row for acc in measured for row in acc.rows_of(m)]
+        return [(t, n, float(v)) for t, n, v in rows if v is not None]
+
+    @staticmethod
+    def tables_of(m: Mapping[str, Any]) -> list[Table]:
+        measured = [acc for acc in ACCUMULATORS.values() if acc.key in m]
+        return [table for acc in measured for table in acc.tables_of(m)]
+
+    def state(self) -> dict[str, Any]:
+        return {name: part.state() for name, part in self.parts.items()}
+
+    def merge_state(self, state: Mapping[str, Any]) -> None:
+        for name, part in self.parts.items():
+            part.merge_state(state[name])
+
+    def sync(self, all_gather: Callable[[Any], list[Any]]) -> None:
+        """Replace this process's state by the merge of every process's: ``all_gather`` takes
+        one picklable state and returns the list of all of them (torch.distributed's
+        ``all_gather_object``, wrapped)."""
+        states = all_gather(self.state())
+        self.reset()
+        for state in states:
+            self.merge_state(state)

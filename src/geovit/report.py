@@ -37,7 +37,6 @@ from geovit.evaluation import evaluate_with_images as run_evaluation
 from geovit.evaluation import (
     image_stats,
     majority_baseline,
-    pct,
     reliability_png,
     split_rows,
     split_sequences,
@@ -48,7 +47,14 @@ from geovit.evaluation import (
 from geovit.explain import explain_image, render_explanation
 from geovit.fileio import write_text
 from geovit.maps import cell_value_map, figure_bytes, probability_map
-from geovit.metrics import CONCENTRATION_RADIUS_KM
+from geovit.metrics import (
+    CONCENTRATION_RADIUS_KM,
+    HEADLINE_KM,
+    distance_convention,
+    pct,
+    top_accuracy,
+    within_km,
+)
 
 if TYPE_CHECKING:
     from geovit.predictor import Predictor
@@ -318,15 +324,14 @@ def _page(
     context: dict[str, Any],
 ) -> str:
     esc = html.escape
-    top1 = m["cell_accuracy"]["all_images"]["top1"]
     b = context["baselines"]
     baselines = _table(
         "Baselines (same split)",
-        ["", "top-1 cell accuracy", "within 200 km"],
+        ["", "top-1 cell accuracy", f"within {HEADLINE_KM:g} km"],
         [
-            ["this model", pct(top1), pct(m["distance"]["accuracy_within_km"].get("200"))],
+            ["this model", pct(top_accuracy(m)), pct(within_km(m))],
             ["always the most common training cell", pct(b["majority_top1"]),
-             pct(b["majority_within_200km"])],
+             pct(b[f"majority_within_{HEADLINE_KM:g}km"])],
             ["chance (uniform over cells)", pct(b["chance_top1"]), ""],
         ],
     )  # fmt: skip
@@ -346,7 +351,7 @@ def _page(
         warning,
         f"<p class='note'>Generated {esc(time.strftime('%Y-%m-%d %H:%M'))} · split "
         f"{esc(str(m.get('split')))} · {n_scanned} images scanned for the gallery · "
-        f"distances: {esc(str(m['distance']['convention']))}</p>",
+        f"distances: {esc(distance_convention(m))}</p>",
         "<h2>Metrics</h2>",
         *(_table(*t) for t in summary_tables(m)),
         baselines,

@@ -47,7 +47,6 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchmetrics import CatMetric
 
 from geovit.cells import CellPartition
 from geovit.checkpoint import contract_fields, load_checkpoint, read_raw, save_checkpoint
@@ -60,7 +59,7 @@ from geovit.data.images import (
 )
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write
-from geovit.geo import geoscore, haversine_km
+from geovit.metrics import TOP_KS, GeoMetrics, ScoredBatch, median_km, top_cell_points
 from geovit.model import GeoViT, ModelConfig
 from geovit.monitor import Monitor, parse_monitor
 
@@ -75,7 +74,6 @@ TRAINABLE: dict[int, tuple[str, ...]] = {
 }
 SCHEDULERS = ("plateau", "cosine")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-TOPK = (1, 3, 5)
 
 
 @dataclass
@@ -203,6 +201,13 @@ class EpochSeededLoader(DataLoader):
         return super().__iter__()
 
 
+def _all_gather_object(obj: object) -> list[object]:
+    """Every process's ``obj`` (torch.distributed's all_gather_object as a function)."""
+    out: list[object] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 class GeoViTModule(L.LightningModule):
     """GeoViT + loss, metrics, stage-aware freezing and the optimizer set-up."""
 
@@ -224,9 +229,10 @@ class GeoViTModule(L.LightningModule):
         self.data_info = dict(data_info or {})
         self.stage = -1
         self.frozen: tuple[str, ...] = ()
-        centroids = np.stack([cells.centroid_lat, cells.centroid_lon], axis=1)
-        self.register_buffer("centroids", torch.from_numpy(centroids), persistent=False)
-        self.val_km = CatMetric(nan_strategy="error")
+        # the same metrics as `geovit evaluate`, the parts cheap enough for every epoch
+        self.val_metrics = GeoMetrics(
+            cells.centroid_lat, cells.centroid_lon, TOP_KS, parts=("cells", "distance")
+        )
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -292,22 +298,24 @@ class GeoViTModule(L.LightningModule):
         if labeled.any():
             loss = F.cross_entropy(logits[labeled], y[labeled])
             self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=int(labeled.sum()))
-        top = logits.topk(min(max(TOPK), logits.shape[1]), dim=1).indices
-        hits = top == y[:, None]
-        for k in TOPK:
-            self.log(f"val/acc{k}", hits[:, :k].any(dim=1).float().mean(), prog_bar=k == 1,
-                     sync_dist=True, batch_size=n)  # fmt: skip
-        pred = self.centroids[top[:, 0]].cpu().numpy()
+        scores = logits.detach().cpu().numpy()
         truth = self.trainer.datamodule.val_coords[batch["index"].cpu().numpy()]
-        km = haversine_km(pred[:, 0], pred[:, 1], truth[:, 0], truth[:, 1])
-        self.val_km.update(torch.as_tensor(km, dtype=torch.float64, device=self.device))
+        # the point estimate enters here: the top cell's centroid
+        m = self.val_metrics
+        pred_lat, pred_lon = top_cell_points(scores, m.centroid_lat, m.centroid_lon)
+        m.update(ScoredBatch.from_logits(scores, y.cpu().numpy(), *truth.T, pred_lat, pred_lon))
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_km.update_count:
-            km = self.val_km.compute().cpu().numpy()  # gathered from every process
-            self.log("val/median_km", float(np.median(km)), prog_bar=True)
-            self.log("val/geoscore", float(np.mean(geoscore(km))))
-        self.val_km.reset()
+        if self.trainer.world_size > 1:
+            self.val_metrics.sync(_all_gather_object)
+        m = self.val_metrics.compute()
+        self.val_metrics.reset()
+        if not m["n_images"]:
+            return
+        for k, acc in m["cell_accuracy"]["all_images"].items():
+            self.log(f"val/acc{k.removeprefix('top')}", acc, prog_bar=k == "top1")
+        self.log("val/median_km", median_km(m), prog_bar=True)
+        self.log("val/geoscore", m["geoscore_mean"])
 
     # ---- optimization ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -30,6 +30,7 @@ from geovit.cli._common import (
     track,
 )
 from geovit.fileio import write_text
+from geovit.metrics import HEADLINE_KM, median_km, top_accuracy, within_km
 
 
 @app.command()
@@ -56,8 +57,7 @@ def demo(
         out, settings, say=lambda line: console.print(line, highlight=False), track=track
     )
     m, b = result.metrics, result.baselines
-    top1 = m["cell_accuracy"]["all_images"]["top1"]
-    w200 = m["distance"]["accuracy_within_km"]["200"]
+    top1, within = top_accuracy(m), within_km(m)
     from rich.table import Table
 
     table = Table(title="Test split (synthetic world)")
@@ -66,8 +66,9 @@ def demo(
     table.add_row(
         "top-1 cell accuracy", f"{top1:.1%}", f"{b['majority_top1']:.1%}", f"{b['chance_top1']:.1%}"
     )
-    table.add_row("within 200 km", f"{w200:.1%}", f"{b['majority_within_200km']:.1%}", "")
-    table.add_row("median error", f"{m['distance']['median_km']:,.0f} km", "", "")
+    majority = b[f"majority_within_{HEADLINE_KM:g}km"]
+    table.add_row(f"within {HEADLINE_KM:g} km", f"{within:.1%}", f"{majority:.1%}", "")
+    table.add_row("median error", f"{median_km(m):,.0f} km", "", "")
     console.print(table)
     for name, path in result.files.items():
         console.print(f"  {name:12s} {path}")
