@@ -25,7 +25,7 @@ from PIL import Image
 
 from geovit.cells import CellPartition
 from geovit.data.images import build_transform, load_image
-from geovit.data.manifest import ZIP_SEP, open_zip, split_ref
+from geovit.data.refs import IMAGE_SUFFIXES, ZIP_SEP, open_zip, split_ref
 from geovit.errors import GeovitError
 from geovit.metrics import topk_indices
 
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from geovit.checkpoint import LoadedCheckpoint
 
 ImageInput = Image.Image | str | os.PathLike | bytes
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass

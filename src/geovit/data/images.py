@@ -22,7 +22,7 @@ from torchvision.io import decode_image as tv_decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from geovit.data.manifest import IMAGE_FORMATS, read_image_bytes
+from geovit.data.refs import IMAGE_FORMATS, read_image_bytes
 from geovit.errors import GeovitError
 
 __all__ = [

@@ -13,9 +13,7 @@ import csv
 import io
 import os
 import string
-import zipfile
-import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from geovit.data.refs import (
+    IMAGE_FORMATS,
+    JPEG_SUFFIXES,
+    ZIP_SEP,
+    image_exists,
+    open_zip,
+    read_image_bytes,
+    split_ref,
+)
 from geovit.errors import GeovitError
 
 COLUMNS = ("id", "image", "latitude", "longitude", "split")
@@ -39,14 +46,7 @@ METADATA_COLUMNS = (
     "unique_city",
 )
 SPLITS = ("train", "val", "test")
-FORMATS = ("auto", "osv5m", "osv-mini", "table", "exif")
 VAL_SPLITS = ("random", "sequence", "spatial")
-ZIP_SEP = "::"
-JPEG_SUFFIXES = (".jpg", ".jpeg")
-# The image formats geovit decodes, checked from the header before any decoder runs: nothing
-# else reaches Pillow's other plugins (EPS would run Ghostscript). Pillow's JPEG plugin also
-# opens the multi-picture JPEGs many phones write (their format reads "MPO").
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 KM_PER_DEGREE = 6371.0 * np.pi / 180.0
 
@@ -132,62 +132,6 @@ class ManifestReport:
 
 
 # --------------------------------------------------------------------------- image references
-
-
-def split_ref(ref: str) -> tuple[str, str | None]:
-    """("ARCHIVE.zip", "member") for a zip reference, (path, None) for a plain file; a path
-    that exists as a file is that file, even with "::" in its name."""
-    archive, sep, member = ref.partition(ZIP_SEP)
-    return (archive, member) if sep and not os.path.isfile(ref) else (ref, None)
-
-
-_ZIPS: dict[str, zipfile.ZipFile] = {}
-_ZIPS_PID = os.getpid()
-
-
-def open_zip(path: str) -> zipfile.ZipFile:
-    """One cached handle per archive and process.
-
-    A handle inherited through fork shares its file offset with the parent, so concurrent
-    DataLoader workers would read each other's bytes: the cache is dropped in a new process.
-    """
-    global _ZIPS_PID
-    if os.getpid() != _ZIPS_PID:
-        for inherited in _ZIPS.values():
-            inherited.close()  # closes only this process's copy of the descriptor
-        _ZIPS.clear()
-        _ZIPS_PID = os.getpid()
-    handle = _ZIPS.get(path)
-    if handle is None:
-        try:
-            handle = _ZIPS[path] = zipfile.ZipFile(path)
-        except (OSError, zipfile.BadZipFile) as exc:
-            raise GeovitError(f"cannot open archive {path}: {exc}; re-download it") from exc
-    return handle
-
-
-def read_image_bytes(ref: str) -> bytes:
-    """The encoded bytes of an image given as a path or "ARCHIVE.zip::member"."""
-    path, member = split_ref(ref)
-    try:
-        return open_zip(path).read(member) if member is not None else Path(path).read_bytes()
-    except (OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
-            NotImplementedError) as exc:  # fmt: skip
-        # zlib.error/EOFError: damaged member; RuntimeError: encrypted; NotImplementedError:
-        # a compression method zipfile lacks
-        raise GeovitError(f"cannot read image {ref}: {exc}") from exc
-
-
-def _image_exists(ref: str, members: dict[str, set[str]]) -> bool:
-    path, member = split_ref(ref)
-    if member is None:
-        return os.path.isfile(path)
-    if path not in members:
-        try:
-            members[path] = set(open_zip(path).namelist())
-        except GeovitError:
-            members[path] = set()
-    return member in members[path]
 
 
 def _image_readable(ref: str) -> bool:
@@ -570,26 +514,6 @@ def _has_jpeg(folder: Path) -> bool:
     )
 
 
-def detect_format(source: Path) -> str:
-    """Which reader fits `source` (see FORMATS)."""
-    if source.is_file():
-        if source.suffix.lower() in TABLE_SUFFIXES:
-            return "table"
-        raise GeovitError(f"{source}: not a .csv/.parquet table; pass a table or a dataset folder")
-    if not source.is_dir():
-        raise GeovitError(f"{source}: no such file or folder")
-    if (source / "train.csv").is_file() or (source / "test.csv").is_file():
-        return "osv5m"
-    if _mini_root(source) is not None:
-        return "osv-mini"
-    if _has_jpeg(source):
-        return "exif"
-    raise GeovitError(
-        f"{source}: not a recognised dataset (expected train.csv/test.csv, "
-        "osv5m/train_mini.csv, a .csv/.parquet table or a folder of geotagged JPEGs)"
-    )
-
-
 def _no_gps_hint(folder: Path) -> str:
     """What to do when a folder's JPEGs carry no GPS: give the coordinates in a table."""
     tables = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
@@ -598,6 +522,167 @@ def _no_gps_hint(folder: Path) -> str:
         "; without EXIF GPS the coordinates must come from a .csv/.parquet table with image, "
         f"latitude and longitude columns: pass the table as the dataset{found}"
     )
+
+
+# --------------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a reader is asked for besides the source: columns to keep, whether images are
+    needed, and the table options (None = the reader's default)."""
+
+    extra: tuple[str, ...] = ()
+    need_images: bool = True
+    image_col: str | None = None
+    lat_col: str | None = None
+    lon_col: str | None = None
+    image_template: str | None = None
+    sep: str | None = None
+    encoding: str | None = None
+
+
+# the options only a table reader takes, with their CLI names for the error message
+TABLE_OPTIONS = {
+    "image_col": "--image-col",
+    "lat_col": "--lat-col",
+    "lon_col": "--lon-col",
+    "image_template": "--image-template",
+    "sep": "--sep",
+    "encoding": "--encoding",
+}
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """One dataset layout: how to recognise it, read it into rows (id, image, latitude,
+    longitude[, split, metadata]) and look up one photo's coordinates without reading it all.
+
+    ``locate(source, photo)`` returns the candidate (lat, lon) values of that photo (any may be
+    invalid: validation picks). ``table_options``: it takes the TABLE_OPTIONS (and its relative
+    image paths are checked); ``columns``: it can keep further columns (keep_columns).
+    """
+
+    name: str
+    expects: str  # what it looks like, for the "not recognised" message
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, ManifestReport, ReadOptions], pd.DataFrame]
+    locate: Callable[[Path, Path], tuple[Sequence, Sequence]]
+    folder: bool = True
+    table_options: bool = False
+    columns: bool = True
+    no_records_hint: Callable[[Path], str] = lambda _path: ""
+
+
+READERS: dict[str, DatasetFormat] = {}  # in detection order
+
+
+def register(fmt: DatasetFormat) -> DatasetFormat:
+    """Add a dataset format (tried by ``detect_format`` after the ones registered before)."""
+    READERS[fmt.name] = fmt
+    return fmt
+
+
+def _osv_locate(root: Path | None, suffix: str, photo: Path) -> tuple[Sequence, Sequence]:
+    frames = [
+        pd.read_csv(csv, usecols=["id", "latitude", "longitude"], dtype=str, engine="pyarrow")
+        for csv in (root / f"{split}{suffix}.csv" for split in ("train", "test"))
+        if root is not None and csv.is_file()
+    ]
+    if not frames:
+        return [], []
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[rows["id"] == photo.stem]
+    return rows["latitude"], rows["longitude"]
+
+
+def _table_locate(path: Path, photo: Path) -> tuple[Sequence, Sequence]:
+    df = read_table(path, ManifestReport(source=str(path), fmt="table"), need_images=False)
+    named = df["image"].str.endswith(photo.name, na=False)  # resolve only the candidates
+    same = named & df["image"].where(named).map(lambda r: isinstance(r, str)
+                                                and Path(r).resolve() == photo)  # fmt: skip
+    rows = df[(df["id"] == photo.stem) | same.astype(bool)]
+    return rows["latitude"], rows["longitude"]
+
+
+def _exif_locate(folder: Path, photo: Path) -> tuple[Sequence, Sequence]:
+    if not (photo.is_relative_to(folder) and photo.is_file()):
+        return [], []
+    try:
+        latlon = exif_latlon(str(photo))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return [], []
+    return ([latlon[0]], [latlon[1]]) if isinstance(latlon, tuple) else ([], [])
+
+
+def _read_table_format(path: Path, report: ManifestReport, opts: ReadOptions) -> pd.DataFrame:
+    return read_table(
+        path, report, opts.image_col, opts.lat_col, opts.lon_col, opts.extra,
+        opts.image_template, need_images=opts.need_images, sep=opts.sep, encoding=opts.encoding,
+    )  # fmt: skip
+
+
+register(
+    DatasetFormat(
+        "table",
+        "a .csv/.parquet table",
+        lambda p: p.is_file() and p.suffix.lower() in TABLE_SUFFIXES,
+        _read_table_format,
+        _table_locate,
+        folder=False,
+        table_options=True,
+    )
+)
+register(
+    DatasetFormat(
+        "osv5m",
+        "train.csv/test.csv",
+        lambda p: (p / "train.csv").is_file() or (p / "test.csv").is_file(),
+        lambda p, report, opts: read_osv5m(p, report, opts.extra),
+        lambda p, photo: _osv_locate(p, "", photo),
+    )
+)
+register(
+    DatasetFormat(
+        "osv-mini",
+        "osv5m/train_mini.csv",
+        lambda p: _mini_root(p) is not None,
+        lambda p, report, opts: read_osv_mini(p, report, opts.extra),
+        lambda p, photo: _osv_locate(_mini_root(p), "_mini", photo),
+    )
+)
+register(
+    DatasetFormat(
+        "exif",
+        "a folder of geotagged JPEGs",
+        _has_jpeg,
+        lambda p, report, opts: read_exif_folder(p, report),
+        _exif_locate,
+        columns=False,
+        no_records_hint=_no_gps_hint,
+    )
+)
+FORMATS = ("auto", *READERS)
+
+
+def detect_format(source: Path) -> str:
+    """Which registered reader fits `source` (the first whose ``detect`` says yes)."""
+    if source.is_file() and source.suffix.lower() not in TABLE_SUFFIXES:
+        raise GeovitError(f"{source}: not a .csv/.parquet table; pass a table or a dataset folder")
+    if not source.exists():
+        raise GeovitError(f"{source}: no such file or folder")
+    for fmt in READERS.values():
+        if fmt.detect(source):
+            return fmt.name
+    expected = ", ".join(f.expects for f in READERS.values())
+    raise GeovitError(f"{source}: not a recognised dataset (expected {expected})")
+
+
+def dataset_format(name: str) -> DatasetFormat:
+    """The registered reader called `name`, or a GeovitError listing them."""
+    if name not in READERS:
+        raise GeovitError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
+    return READERS[name]
 
 
 # ------------------------------------------------------------------------------ validation
@@ -629,7 +714,7 @@ def validate(
     if check_paths:
         members: dict[str, set[str]] = {}
         missing |= np.array(
-            [not _image_exists(r, members) if isinstance(r, str) else True for r in df["image"]],
+            [not image_exists(r, members) if isinstance(r, str) else True for r in df["image"]],
             dtype=bool,
         )
     df = report.drop(df, missing, "missing_image")
@@ -738,33 +823,7 @@ def locate_image(source: str | os.PathLike, image: str | os.PathLike) -> tuple[f
     `geovit map/explain --data` needs). None when the dataset lists no valid location for it."""
     path = Path(source).expanduser().resolve()
     photo = Path(image).expanduser().resolve()
-    fmt = detect_format(path)
-    if fmt == "exif":
-        latlon: tuple[float, float] | str = "not_listed"
-        if photo.is_relative_to(path) and photo.is_file():
-            try:
-                latlon = exif_latlon(str(photo))
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-                latlon = "unreadable_image"
-        lat, lon = ([latlon[0]], [latlon[1]]) if isinstance(latlon, tuple) else ([], [])
-    elif fmt == "table":
-        df = read_table(path, ManifestReport(source=str(path), fmt=fmt), need_images=False)
-        named = df["image"].str.endswith(photo.name, na=False)  # resolve only the candidates
-        same = named & df["image"].where(named).map(lambda r: isinstance(r, str)
-                                                    and Path(r).resolve() == photo)  # fmt: skip
-        rows = df[(df["id"] == photo.stem) | same.astype(bool)]
-        lat, lon = rows["latitude"], rows["longitude"]
-    else:
-        root = path if fmt == "osv5m" else _mini_root(path)
-        suffix = "" if fmt == "osv5m" else "_mini"
-        frames = [
-            pd.read_csv(csv, usecols=["id", "latitude", "longitude"], dtype=str, engine="pyarrow")
-            for csv in (root / f"{split}{suffix}.csv" for split in ("train", "test"))
-            if csv.is_file()
-        ]
-        rows = pd.concat(frames, ignore_index=True)
-        rows = rows[rows["id"] == photo.stem]
-        lat, lon = rows["latitude"], rows["longitude"]
+    lat, lon = READERS[detect_format(path)].locate(path, photo)
     lat, lon, ok = _coordinates_ok(lat, lon)
     return (float(lat[ok][0]), float(lon[ok][0])) if ok.any() else None
 
@@ -807,62 +866,41 @@ def load_manifest(
     at all (a coordinates-only table, CSVs without their images) is read as coordinates; any
     image that is named is still checked, so the splits match those of training.
     """
-    if fmt not in FORMATS:
-        raise GeovitError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt != "auto":
+        dataset_format(fmt)
     if val_split not in VAL_SPLITS:
         raise GeovitError(f"unknown val_split {val_split!r}; choose one of {', '.join(VAL_SPLITS)}")
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise GeovitError(f"{name}={value} must be in [0, 1)")
     path = Path(source).expanduser().resolve()
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt != "table" and not path.is_dir():
+    reader = READERS[detect_format(path) if fmt == "auto" else fmt]
+    fmt = reader.name
+    if reader.folder and not path.is_dir():
         raise GeovitError(f"{path}: format {fmt} needs a dataset folder")
     extra = tuple(c for c in keep_columns if c not in COLUMNS)
-    if extra and fmt == "exif":
-        raise GeovitError(f"{path}: a folder of JPEGs has no column {extra[0]!r}; pass a table")
-    table_options = {
-        "--image-col": image_col,
-        "--lat-col": lat_col,
-        "--lon-col": lon_col,
-        "--image-template": image_template,
-        "--sep": sep,
-        "--encoding": encoding,
-    }
-    given = [name for name, value in table_options.items() if value is not None]
-    if given and fmt != "table":
+    if extra and not reader.columns:
+        raise GeovitError(f"{path}: {reader.expects} has no column {extra[0]!r}; pass a table")
+    opts = ReadOptions(extra, need_images, image_col, lat_col, lon_col, image_template, sep,
+                       encoding)  # fmt: skip
+    given = [flag for name, flag in TABLE_OPTIONS.items() if getattr(opts, name) is not None]
+    if given and not reader.table_options:
         raise GeovitError(
             f"{', '.join(given)} apply to .csv/.parquet tables, but {path} is read as {fmt}; "
             "pass the table itself as the dataset"
         )
     report = ManifestReport(source=str(path), fmt=fmt)
-    if fmt == "osv5m":
-        df = read_osv5m(path, report, extra)
-    elif fmt == "osv-mini":
-        df = read_osv_mini(path, report, extra)
-    elif fmt == "table":
-        df = read_table(
-            path,
-            report,
-            image_col,
-            lat_col,
-            lon_col,
-            extra,
-            image_template,
-            need_images=need_images,
-            sep=sep,
-            encoding=encoding,
-        )
-    else:
-        df = read_exif_folder(path, report)
+    df = reader.read(path, report, opts)
     report.n_read += len(df)
     images = need_images or df["image"].notna().any()
     if not images:
         report.notes.append("no images: coordinates only (enough for cells, not for training)")
-    df = validate(df, report, check_paths=fmt == "table", check_images=check_images, images=images)
+    df = validate(
+        df, report, check_paths=reader.table_options, check_images=check_images, images=images
+    )
     if df.empty:
         reasons = ", ".join(f"{r} {n}" for r, n in report.dropped.items()) or "no records"
-        hint = _no_gps_hint(path) if fmt == "exif" else ""
+        hint = reader.no_records_hint(path)
         raise GeovitError(
             f"{path}: no usable records ({report.n_read} read; dropped: {reasons}){hint}"
         )

@@ -31,7 +31,8 @@ from litdata import StreamingDataset
 from litdata.streaming.writer import BinaryWriter
 
 from geovit.data.images import collate_skip_bad, decode_image
-from geovit.data.manifest import COLUMNS, METADATA_COLUMNS, SPLITS, read_image_bytes
+from geovit.data.manifest import COLUMNS, METADATA_COLUMNS, SPLITS
+from geovit.data.refs import read_image_bytes
 from geovit.errors import GeovitError
 from geovit.fileio import write_text
 
