@@ -32,7 +32,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from geovit.cells import CellPartition
-from geovit.maps import figure_bytes, partition_geojson, probability_map
+from geovit.figures import figure_bytes
+from geovit.geojson import partition_geojson
+from geovit.maps import probability_map
 from geovit.predictor import Predictor
 from geovit.serve import create_app
 

@@ -20,14 +20,13 @@ from geovit.cells import CellPartition
 from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.geo import EARTH_RADIUS_KM, latlon_to_xyz
+from geovit.geojson import cell_rings, partition_geojson
 from geovit.maps import (
     Projection,
-    cell_rings,
     cell_value_map,
     choose_projection,
     densify,
     map_image,
-    partition_geojson,
     probability_map,
     probability_map_html,
 )

@@ -8,7 +8,6 @@ Unreadable images are skipped by the loader and counted in the output, never sil
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +22,8 @@ from geovit.calibration import TemperatureFit, fit_temperature
 from geovit.data.images import ImageDataset, collate_skip_bad
 from geovit.data.shards import shard_split
 from geovit.errors import GeovitError
-from geovit.fileio import write_bytes, write_text
+from geovit.figures import figure_bytes, save_figure
+from geovit.fileio import write_text
 from geovit.geo import haversine_km
 from geovit.metrics import (
     CONCENTRATION_RADIUS_KM,
@@ -332,6 +332,7 @@ def write_metrics_md(m: dict[str, Any], path: str | os.PathLike, title: str = "E
 
 
 OVER_COLOUR, UNDER_COLOUR = "#d62728", "#2ca02c"  # confidence above / below accuracy
+RELIABILITY_DPI = 120
 
 
 def reliability_figure(m: dict[str, Any]) -> Figure:
@@ -374,14 +375,12 @@ def reliability_figure(m: dict[str, Any]) -> Figure:
 
 def reliability_png(m: dict[str, Any]) -> bytes:
     """The reliability diagram as PNG bytes."""
-    buf = io.BytesIO()
-    reliability_figure(m).savefig(buf, format="png", dpi=120)
-    return buf.getvalue()
+    return figure_bytes(reliability_figure(m), trim=False, dpi=RELIABILITY_DPI)
 
 
 def write_reliability_diagram(m: dict[str, Any], path: str | os.PathLike) -> Path:
     """The reliability diagram written (atomically) as a PNG file."""
-    return write_bytes(path, reliability_png(m))
+    return save_figure(reliability_figure(m), path, trim=False, dpi=RELIABILITY_DPI)
 
 
 def write_outputs(

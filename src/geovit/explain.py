@@ -272,7 +272,7 @@ def render_explanation(expl: Explanation, path: str | Path | None = None, *, dpi
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
-    from geovit.maps import save_figure
+    from geovit.figures import save_figure
 
     h, w = expl.photo.shape[:2]
     fig = Figure(figsize=(10, 10 * h / (2 * w) + 1.4), dpi=dpi, layout="constrained")

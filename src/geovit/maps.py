@@ -6,14 +6,13 @@ for the world (OSV-5M). Both are closed formulas in NumPy, so matplotlib is all 
 would download Natural Earth on first use). Boundary lines come from geovit.basemap.
 
 Two outputs share the geometry: a PNG (matplotlib, Agg) and a self-contained HTML page (inline
-SVG + a little JavaScript, no network) with zoom, pan and a tooltip per cell. Cells also go out
-unprojected as GeoJSON polygons (the web app's map, `geovit predict --format geojson`).
+SVG + a little JavaScript, no network) with zoom, pan and a tooltip per cell. Unprojected GeoJSON
+polygons are geovit.geojson's.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ import numpy as np
 
 from geovit.basemap import LAYERS, Basemap, load_basemap
 from geovit.errors import GeovitError
-from geovit.fileio import write_bytes, write_text
+from geovit.figures import save_figure
+from geovit.fileio import write_text
 from geovit.geo import EARTH_RADIUS_KM, haversine_km, latlon_to_xyz, xyz_to_latlon
 
 if TYPE_CHECKING:
@@ -347,18 +347,6 @@ def _figure(geom: CellGeometry, width: float = 9.0) -> tuple[Figure, Axes]:
     return fig, fig.add_subplot()
 
 
-def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
-    """The figure encoded (whitespace trimmed)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, bbox_inches="tight", pad_inches=0.15)
-    return buf.getvalue()
-
-
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write a figure atomically, in the format its suffix names (default PNG)."""
-    return write_bytes(path, figure_bytes(fig, Path(path).suffix.lstrip(".") or "png"))
-
-
 def _check_values(cells: CellPartition, values: np.ndarray, what: str) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64).ravel()
     if len(v) != len(cells):
@@ -641,94 +629,3 @@ def map_image(
     if html_path is not None:
         probability_map_html(predictor.cells, probs, path=html_path, **kw)
     return probability_map(predictor.cells, probs, path=png, **kw)
-
-
-# ----------------------------------------------------------------------------- GeoJSON
-# (the web app's map and `geovit predict --format geojson`: plain lon/lat rings, no projection)
-
-# Coarse S2 cells have long geodesic edges: draw them with intermediate points so the map's
-# equirectangular polygons follow the true edges; fine cells need only their 4 corners.
-_EDGE_POINTS = 8
-_DENSIFY_BELOW_LEVEL = 6
-_COORD_DECIMALS = 5
-
-
-def _ring(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """One cell boundary (n,) -> closed, longitude-continuous [lon, lat] ring (m, 2)."""
-    pole = np.abs(lat) > 90.0 - 1e-9
-    if pole.any():  # a corner on a pole has no longitude: reach it along both neighbours' meridians
-        n = len(lat)
-        rep = np.repeat(np.arange(n), np.where(pole, 2, 1))
-        lat, lon = lat[rep], lon[rep].copy()
-        first = np.flatnonzero(pole[rep] & np.r_[True, rep[1:] != rep[:-1]])
-        lon[first] = lon[(first - 1) % len(lon)]
-        lon[first + 1] = lon[(first + 2) % len(lon)]
-    lon = np.degrees(np.unwrap(np.radians(lon)))
-    lon = lon - 360.0 * np.round(lon.mean() / 360.0)
-    closing = (lon[0] - lon[-1] + 180.0) % 360.0 - 180.0
-    points = np.column_stack([lon, lat])
-    if abs(lon[-1] + closing - lon[0]) > 180.0:  # the ring winds around a pole it contains
-        points = _polar_ring(np.r_[lon, lon[-1] + closing], np.r_[lat, lat[0]])
-    return np.vstack([points, points[:1]])
-
-
-def _polar_ring(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """A closed ring winding once around a pole -> a polygon over [-180, 180]: cut it at the
-    antimeridian and close it along the pole (how equirectangular maps draw polar caps)."""
-    if lon[-1] < lon[0]:
-        lon, lat = lon[::-1], lat[::-1]
-    cut = 360.0 * np.ceil((lon[0] + 180.0) / 360.0) - 180.0  # the antimeridian inside the ring
-    cut_lat = np.interp(cut, lon, lat)  # edges not through a pole are monotonic in longitude
-    after, before = lon > cut, lon[1:] < cut
-    ring_lon = np.r_[cut, lon[after], lon[1:][before] + 360.0, cut + 360.0]
-    ring_lat = np.r_[cut_lat, lat[after], lat[1:][before], cut_lat]
-    pole = 90.0 if lat.mean() > 0 else -90.0
-    ring = np.column_stack([np.r_[ring_lon, cut + 360.0, cut], np.r_[ring_lat, pole, pole]])
-    ring[:, 0] -= cut + 180.0
-    return ring
-
-
-def cell_rings(cells: CellPartition, indices: np.ndarray) -> list[list[list[float]]]:
-    """Closed [lon, lat] rings of the given classes' S2 cells, ready for GeoJSON.
-
-    Edges of coarse cells are densified along great circles. Longitudes are unwrapped so a ring
-    crossing the antimeridian stays contiguous (values may leave [-180, 180], as Leaflet and the
-    page expect); a ring around a pole is closed along that pole's parallel.
-    """
-    dlat, dlon = densify_xyz(cells.corners_xyz(indices), _EDGE_POINTS)
-    coarse = np.asarray(cells.levels)[indices] < _DENSIFY_BELOW_LEVEL
-    return [
-        _ring(*(r if c else r[::_EDGE_POINTS] for r in (la, lo))).round(_COORD_DECIMALS).tolist()
-        for la, lo, c in zip(dlat, dlon, coarse, strict=True)
-    ]
-
-
-def cells_geojson(
-    cells: CellPartition, indices: Sequence[int], properties: Sequence[dict[str, Any]]
-) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection with one polygon per class index, carrying `properties`."""
-    idx = np.asarray(indices, dtype=np.int64)
-    features = [
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": p}
-        for ring, p in zip(cell_rings(cells, idx), properties, strict=True)
-    ]
-    return {"type": "FeatureCollection", "features": features}
-
-
-def cell_info(cells: CellPartition, i: int) -> dict[str, Any]:
-    """One class as plain JSON: index, token, level, place name and centroid."""
-    return {
-        "index": int(i),
-        "token": str(cells.tokens[i]),
-        "level": int(cells.levels[i]),
-        "name": str(cells.names[i]),
-        "lat": float(cells.centroid_lat[i]),
-        "lon": float(cells.centroid_lon[i]),
-    }
-
-
-def partition_geojson(cells: CellPartition) -> dict[str, Any]:
-    """Every class of the partition as a GeoJSON polygon with its token, name and photo count."""
-    idx = np.arange(len(cells))
-    props = [{**cell_info(cells, i), "count": int(cells.counts[i])} for i in idx]
-    return cells_geojson(cells, idx, props)

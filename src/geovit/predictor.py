@@ -45,35 +45,30 @@ class Prediction:
     lat: np.ndarray
     lon: np.ndarray
     names: list[str]
+    levels: list[int]
     best_lat: float
     best_lon: float
     all_probs: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: best guess plus one entry per top-k cell."""
+        """JSON-ready: best guess plus one entry per top-k cell; the one shape of a prediction
+        (CLI --format json, the server's /predict, geovit.geojson's properties)."""
+        cells = zip(self.indices, self.tokens, self.levels, self.names, self.lat, self.lon,
+                    self.probs, strict=True)  # fmt: skip
         return {
-            "best_guess": {"lat": self.best_lat, "lon": self.best_lon},
+            "best_guess": {"lat": float(self.best_lat), "lon": float(self.best_lon)},
             "top_k": [
                 {
                     "rank": r + 1,
                     "index": int(i),
-                    "token": t,
-                    "probability": float(p),
+                    "token": str(t),
+                    "level": int(lv),
+                    "name": str(n),
                     "lat": float(la),
                     "lon": float(lo),
-                    "name": n,
+                    "probability": float(p),
                 }
-                for r, (i, t, p, la, lo, n) in enumerate(
-                    zip(
-                        self.indices,
-                        self.tokens,
-                        self.probs,
-                        self.lat,
-                        self.lon,
-                        self.names,
-                        strict=True,
-                    )
-                )
+                for r, (i, t, lv, n, la, lo, p) in enumerate(cells)
             ],
         }
 
@@ -159,6 +154,7 @@ class Predictor:
                     lat=lat,
                     lon=lon,
                     names=[str(n) for n in self.cells.names[idx]],
+                    levels=[int(v) for v in self.cells.levels[idx]],
                     best_lat=float(lat[0]),
                     best_lon=float(lon[0]),
                     all_probs=row if keep_all else None,

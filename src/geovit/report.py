@@ -45,8 +45,9 @@ from geovit.evaluation import (
     write_metrics_json,
 )
 from geovit.explain import explain_image, render_explanation
+from geovit.figures import figure_bytes
 from geovit.fileio import write_text
-from geovit.maps import cell_value_map, figure_bytes, probability_map
+from geovit.maps import cell_value_map, probability_map
 from geovit.metrics import (
     CONCENTRATION_RADIUS_KM,
     HEADLINE_KM,

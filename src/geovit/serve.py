@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import threading
 import time
 import warnings
@@ -41,13 +40,9 @@ from geovit import __version__
 from geovit.data.images import decode_image, open_image
 from geovit.errors import GeovitError
 from geovit.explain import explain_image, window_starts
-from geovit.maps import (
-    best_guess,
-    cell_info,
-    cells_geojson,
-    partition_geojson,
-    probability_map_html,
-)
+from geovit.figures import image_bytes
+from geovit.geojson import cell_info, partition_geojson, prediction_geojson
+from geovit.maps import best_guess, probability_map_html
 
 DEFAULT_MAX_BYTES = 20_000_000
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -139,16 +134,9 @@ def decode_upload(data: bytes, *, name: str, max_bytes: int, max_pixels: int) ->
 
 
 def prediction_json(cells: Any, pred: Any) -> dict[str, Any]:
-    """The /predict body for one geovit.predictor.Prediction (minus timing)."""
-    top = [
-        {"rank": r + 1, **cell_info(cells, int(i)), "probability": float(p)}
-        for r, (i, p) in enumerate(zip(pred.indices, pred.probs, strict=True))
-    ]
-    return {
-        "top_k": top,
-        "best_guess": {"lat": float(pred.best_lat), "lon": float(pred.best_lon)},
-        "geojson": cells_geojson(cells, [c["index"] for c in top], top),
-    }
+    """The /predict body for one geovit.predictor.Prediction (minus timing): its to_dict and
+    its top-k cells as GeoJSON polygons."""
+    return {**pred.to_dict(), "geojson": prediction_geojson(cells, pred, best_guess=False)}
 
 
 # ----------------------------------------------------------------------------- heatmap
@@ -168,9 +156,7 @@ def heatmap_png(heat: np.ndarray, size: tuple[int, int], cmap: str = "inferno") 
     rgba = colormaps[cmap](norm)
     rgba[..., 3] = 0.85 * np.sqrt(norm)
     img = Image.fromarray((rgba * 255).round().astype(np.uint8), mode="RGBA")
-    buf = io.BytesIO()
-    img.resize(size, Image.Resampling.BILINEAR).save(buf, format="PNG")
-    return buf.getvalue()
+    return image_bytes(img.resize(size, Image.Resampling.BILINEAR))
 
 
 # ----------------------------------------------------------------------------- the app

@@ -236,27 +236,15 @@ def _prediction_table(path: str, pred: Prediction) -> Table:
 
 def _geojson(predictor: Predictor, results: list[tuple[str, Prediction]]) -> dict:
     """Each image's top-k cells as polygons with their probability, plus its best-guess point."""
-    from geovit.maps import cells_geojson
+    from geovit.geojson import feature_collection, prediction_geojson
 
-    features = []
-    for path, pred in results:
-        top = pred.to_dict()
-        props = [{"image": path, "kind": "cell", **cell} for cell in top["top_k"]]
-        features += cells_geojson(predictor.cells, pred.indices, props)["features"]
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Point", "coordinates": [pred.best_lon, pred.best_lat]},
-                "properties": {
-                    "image": path,
-                    "kind": "best_guess",
-                    "name": pred.names[0],
-                    "token": pred.tokens[0],
-                    "probability": float(pred.probs[0]),
-                },
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
+    return feature_collection(
+        [
+            feature
+            for path, pred in results
+            for feature in prediction_geojson(predictor.cells, pred, image=path)["features"]
+        ]
+    )
 
 
 @app.command()
