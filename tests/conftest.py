@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny synthetic world, its cells, and a random-init model over them."""
+"""Shared fixtures: one tiny synthetic world, its cells, a random-init model over them, that
+model loaded as a Predictor, and photos to give it."""
 
 from __future__ import annotations
 
@@ -61,6 +62,36 @@ def tiny_checkpoint(tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory) 
     torch.manual_seed(0)
     model = GeoViT(model_config("small", len(cells), image_size=TINY_IMAGE_SIZE))
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, cells)
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_checkpoint: Path):
+    """The tiny checkpoint loaded once for every test file (CPU)."""
+    from geovit.predictor import Predictor
+
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def photos(tiny_world: Path) -> list[Path]:
+    """The first four test-split photos of the tiny world."""
+    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[:4]
+
+
+@pytest.fixture(scope="session")
+def photo(photos: list[Path]) -> Path:
+    return photos[0]
+
+
+@pytest.fixture()
+def noise_photo(tmp_path: Path) -> Path:
+    """A 90x60 JPEG of seeded random pixels (a photo no test world contains)."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "noise.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), np.uint8)).save(path)
+    return path
 
 
 @pytest.fixture(scope="session", params=["cnn", "vit"])

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from geovit.geo import haversine_km
-from geovit.predictor import Predictor
 from geovit.serve import background_server, create_app
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -40,11 +39,6 @@ pytestmark = [
         reason="no Chromium at /usr/bin/chromium (install Debian's `chromium`; `make test` tries)",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoint) -> Predictor:
-    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +78,6 @@ def page(browser, server):
     pg.wait_for_selector("body[data-ready=true]")
     yield pg
     context.close()
-
-
-@pytest.fixture(scope="module")
-def photos(tiny_world):
-    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[:2]
 
 
 def drop_file(page, name: str, data: bytes, mime: str) -> None:

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import geovit
 from geovit import calibration, evaluation
 from geovit.checkpoint import load_checkpoint
 from geovit.cli import app
@@ -25,11 +24,6 @@ from geovit.data.manifest import load_manifest
 from geovit.errors import GeovitError
 from geovit.metrics import GeoMetrics, ScoredBatch, reverse_geocode, top_cell_points
 from geovit.predictor import Predictor
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoint):
-    return geovit.load(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")

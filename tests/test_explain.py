@@ -137,14 +137,8 @@ def test_parse_fill():
             parse_fill(bad, mean, std)
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoint) -> Predictor:
-    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
-
-
-def test_explain_image_and_render(predictor, tmp_path):
-    photo = tmp_path / "p.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), np.uint8)).save(photo)
+def test_explain_image_and_render(predictor, noise_photo, tmp_path):
+    photo = noise_photo
     lat, lon = predictor.cells.centroid_lat[0], predictor.cells.centroid_lon[0]
     expl = explain_image(predictor, photo, lat=lat, lon=lon, patch=16, stride=8)
     assert expl.target_kind == "true"
@@ -225,9 +219,8 @@ def test_occlusion_window_scales_with_the_model_input():
     assert occlusion_window(448) == (64, 16)
 
 
-def test_explain_default_patch_is_scaled_to_the_input(predictor, tmp_path):
-    photo = tmp_path / "p.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), np.uint8)).save(photo)
+def test_explain_default_patch_is_scaled_to_the_input(predictor, noise_photo):
+    photo = noise_photo
     expl = explain_image(predictor, photo, stride=8)  # patch: 9 px at this 64 px model
     x = predictor.preprocess(photo)
     ref = occlusion(predictor.predict_proba, x, expl.target, patch=9, stride=8)

@@ -45,11 +45,6 @@ def exported(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path]:
     return ckpt, out
 
 
-@pytest.fixture(scope="module")
-def photos(tiny_world) -> list[Path]:
-    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[:4]
-
-
 def embedded(path: Path) -> dict:
     """The sidecar JSON in a model's metadata_props, read with onnx (not geovit)."""
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}

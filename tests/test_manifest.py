@@ -598,3 +598,79 @@ def test_locate_image_reads_one_row_without_indexing_or_validating(
     assert locate(tmp_path / "t.csv", tmp_path / "x" / "a.jpg") == (10.5, 20.0)
     assert locate(tmp_path / "t.csv", tmp_path / "elsewhere" / "a.jpg") == (10.5, 20.0)  # by id
     assert locate(tmp_path / "t.csv", tmp_path / "x" / "b.jpg") is None
+
+
+# One small sample per registered dataset format: a new format adds its writer here and is then
+# read, detected and located by the test below (test_every_format_has_a_sample fails until then).
+# Each writer makes three photos at SAMPLE_POINTS and returns (dataset path, photo paths).
+SAMPLE_POINTS = [(-33.857, 151.215), (40.6892, -74.0445), (48.8584, 2.2945)]
+
+
+def _dms(value: float) -> tuple[float, float, float]:
+    v = abs(value)
+    deg, minutes = int(v), (v - int(v)) * 60
+    return (float(deg), float(int(minutes)), round((minutes - int(minutes)) * 60, 4))
+
+
+def _sample_osv(root: Path, csv_name: str, image_dir: str) -> list[Path]:
+    ids = ["101", "102", "103"]
+    frame = pd.DataFrame({"id": ids, "latitude": [p[0] for p in SAMPLE_POINTS],
+                          "longitude": [p[1] for p in SAMPLE_POINTS]})  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(root / csv_name, index=False)
+    photos = [root / image_dir / f"{i}.jpg" for i in ids]
+    for seed, path in enumerate(photos):
+        write_jpeg(path, seed=seed)
+    return photos
+
+
+def _sample_table(tmp: Path) -> tuple[Path, list[Path]]:
+    photos = [tmp / "img" / f"{i}.jpg" for i in range(3)]
+    for seed, path in enumerate(photos):
+        write_jpeg(path, seed=seed)
+    lat, lon = zip(*SAMPLE_POINTS, strict=True)
+    table = pd.DataFrame({"image": [f"img/{i}.jpg" for i in range(3)], "lat": lat, "lon": lon})
+    table.to_csv(tmp / "t.csv", index=False)
+    return tmp / "t.csv", photos
+
+
+def _sample_exif(tmp: Path) -> tuple[Path, list[Path]]:
+    photos = []
+    for seed, (lat, lon) in enumerate(SAMPLE_POINTS):
+        exif = gps_exif(_dms(lat), "N" if lat >= 0 else "S", _dms(lon), "E" if lon >= 0 else "W")
+        write_jpeg(tmp / f"{seed}.jpg", seed=seed, exif=exif)
+        photos.append(tmp / f"{seed}.jpg")
+    return tmp, photos
+
+
+FORMAT_SAMPLES = {
+    "table": _sample_table,
+    "osv5m": lambda tmp: (tmp, _sample_osv(tmp, "test.csv", "images/test")),
+    "osv-mini": lambda tmp: (tmp, _sample_osv(tmp / "osv5m", "test_mini.csv", "test_images/x")),
+    "exif": _sample_exif,
+}
+
+
+def test_every_format_has_a_sample() -> None:
+    from geovit.data.manifest import READERS
+
+    assert set(READERS) == set(FORMAT_SAMPLES)
+
+
+@pytest.mark.parametrize("fmt", list(FORMAT_SAMPLES))
+def test_every_format_is_detected_read_and_located(tmp_path: Path, fmt: str) -> None:
+    from geovit.data.manifest import FORMATS, detect_format, locate_image
+
+    source, photos = FORMAT_SAMPLES[fmt](tmp_path)
+    assert detect_format(source) == fmt and fmt in FORMATS
+    for given in ("auto", fmt):
+        df, report = load_manifest(source, fmt=given, val_fraction=0.0, test_fraction=0.0)
+        assert report.fmt == fmt and report.n_dropped == 0
+        got = {Path(p).resolve(): (la, lo) for p, la, lo in
+               zip(df["image"], df["latitude"], df["longitude"], strict=True)}  # fmt: skip
+        assert set(got) == {p.resolve() for p in photos}
+        for path, (lat, lon) in zip(photos, SAMPLE_POINTS, strict=True):
+            assert got[path.resolve()] == pytest.approx((lat, lon), abs=1e-4)
+            assert locate_image(source, path) == pytest.approx((lat, lon), abs=1e-4)
+    with pytest.raises(GeovitError, match="unknown format 'nope'; choose one of auto, "):
+        load_manifest(source, fmt="nope")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -30,7 +29,6 @@ from geovit.maps import (
     probability_map,
     probability_map_html,
 )
-from geovit.predictor import Predictor
 
 matplotlib.use("Agg")
 
@@ -155,16 +153,6 @@ def test_basemap_reads_a_users_natural_earth_folder_finest_scale_first(tmp_path)
         assert len(got) == 2  # one shape, two parts: the 10m file, not the 110m one
         np.testing.assert_array_equal(got[0], np.array(fine[0]))
         np.testing.assert_array_equal(got[1], np.array(fine[1]))
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoint) -> Predictor:
-    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def photo(tiny_world) -> Path:
-    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[0]
 
 
 def test_map_agrees_with_predict(predictor, photo, tmp_path, offline):

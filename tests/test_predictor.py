@@ -21,16 +21,6 @@ from geovit.errors import GeovitError
 from geovit.predictor import Prediction, Predictor, expand_images, predict_files
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoint) -> Predictor:
-    return geovit.load(tiny_checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def photos(tiny_world) -> list[Path]:
-    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[:3]
-
-
 def _reference_probs(predictor: Predictor, photo: Path, temperature: float) -> np.ndarray:
     """softmax(model(eval transform(photo)) / T), from the model and the data module directly."""
     x = build_transform(predictor.image_size, predictor.mean, predictor.std, train=False)(

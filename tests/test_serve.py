@@ -33,11 +33,6 @@ MAX_PIXELS = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_checkpoint) -> Predictor:
-    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def client(predictor) -> TestClient:
     app = create_app(predictor, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, top_k=5)
     with TestClient(app) as c:
@@ -45,8 +40,9 @@ def client(predictor) -> TestClient:
 
 
 @pytest.fixture(scope="module")
-def photo(tiny_world) -> bytes:
-    return sorted((tiny_world / "images" / "test").glob("*.jpg"))[0].read_bytes()
+def photo(photo) -> bytes:
+    """The shared photo's bytes (what an upload sends)."""
+    return photo.read_bytes()
 
 
 def upload(data: bytes, name: str = "photo.jpg", field: str = "image") -> dict:

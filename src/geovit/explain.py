@@ -11,10 +11,14 @@ per-pixel average is two (H,P)@(P,W) products. Its fp32 heatmaps equal captum's 
 In fp32 on CPU it is no faster than captum (the forward passes dominate both; see
 bench/occlusion.py); what it adds is `fast=True`: channels_last and bf16 autocast, for GeoViT in
 the CNN only (`bf16_modules`), which keeps the heatmap at r > 0.999 with fp32.
+
+Explanation methods are registered by name (:data:`EXPLAINERS`, :func:`register_explainer`):
+``explain_image(..., method=NAME, **options)`` runs one, its options checked first.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -197,6 +201,85 @@ class Explanation:
     top: int  # the model's top-1 class
     top_prob: float
     probs: np.ndarray | None = field(default=None, repr=False)  # (K,) on the unoccluded image
+    method: str = "occlusion"  # the explanation method (EXPLAINERS) that made the heatmap
+
+
+# ----------------------------------------------------------------------------- explainers
+
+Explainer = Callable[..., torch.Tensor]
+"""(predictor, x (3,H,W) model-normalized, target class, **options) -> (H,W) heatmap: how much
+each pixel matters for p(target)."""
+
+EXPLAINERS: dict[str, Explainer] = {}
+
+
+def register_explainer(name: str) -> Callable[[Explainer], Explainer]:
+    """Add an explanation method under `name`; its keyword-only parameters are its options."""
+
+    def add(fn: Explainer) -> Explainer:
+        EXPLAINERS[name] = fn
+        return fn
+
+    return add
+
+
+def explainer_options(method: str) -> dict[str, Any]:
+    """The options of an explanation method with their defaults."""
+    params = inspect.signature(get_explainer(method)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+
+
+def get_explainer(method: str) -> Explainer:
+    """The registered explanation method `method`, or a GeovitError listing them."""
+    if method not in EXPLAINERS:
+        raise GeovitError(
+            f"unknown explanation method {method!r}; choose one of {', '.join(EXPLAINERS)}"
+        )
+    return EXPLAINERS[method]
+
+
+def check_options(method: str, options: dict[str, Any]) -> None:
+    """One-line error for an option `method` does not take."""
+    known = explainer_options(method)
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        raise GeovitError(
+            f"explanation method {method!r} has no option {unknown[0]!r}; "
+            f"its options: {', '.join(known)}"
+        )
+
+
+@register_explainer("occlusion")
+def occlusion_explainer(
+    predictor: Predictor,
+    x: torch.Tensor,
+    target: int,
+    *,
+    patch: int | None = None,
+    stride: int | None = None,
+    fill: str = "mean",
+    batch_size: int = 32,
+    fast: bool = False,
+) -> torch.Tensor:
+    """Occlusion sensitivity (see :func:`occlusion`). `patch`/`stride` default to
+    occlusion_window(the model's input size); `fill` is "mean" or "R,G,B" (0-255)."""
+    if batch_size < 1:
+        raise GeovitError(f"occlusion batch_size {batch_size} must be at least 1")
+    auto_patch, auto_stride = occlusion_window(int(x.shape[-1]))
+    patch = patch or auto_patch
+    stride = stride or min(auto_stride, patch)
+    return occlusion(
+        predictor.predict_proba,
+        x,
+        target,
+        patch=patch,
+        stride=stride,
+        fill=parse_fill(fill, predictor.mean, predictor.std),
+        batch_size=batch_size,
+        fast=fast,
+        # bf16 in the CNN only (see the module docstring); an ONNX model has no torch CNN
+        bf16_modules=[cnn] if (cnn := getattr(predictor.model, "cnn", None)) is not None else None,
+    )
 
 
 def explain_image(
@@ -206,19 +289,19 @@ def explain_image(
     lat: float | None = None,
     lon: float | None = None,
     target: Literal["true", "top"] | None = None,
-    patch: int | None = None,
-    stride: int | None = None,
-    fill: str = "mean",
-    batch_size: int = 32,
-    fast: bool = False,
+    method: str = "occlusion",
+    **options: Any,
 ) -> Explanation:
-    """Occlusion heatmap of one photo for its true cell (given lat/lon) or the top prediction.
+    """Heatmap of one photo for its true cell (given lat/lon) or the top prediction, by the
+    registered explanation `method` with its `options` (occlusion: patch, stride, fill,
+    batch_size, fast), checked before any work.
 
-    `target=None` picks "true" when a location is given, else "top". `patch`/`stride` default
-    to occlusion_window(the model's input size).
+    `target=None` picks "true" when a location is given, else "top".
     """
     from geovit.data.images import load_image
 
+    explainer = get_explainer(method)
+    check_options(method, options)
     kind = target or ("true" if lat is not None and lon is not None else "top")
     pixels = load_image(image)  # decoded once: the model's input and the figure's photo
     x = predictor.transform(pixels)
@@ -236,21 +319,7 @@ def explain_image(
             )
     else:
         idx = top
-    auto_patch, auto_stride = occlusion_window(int(x.shape[-1]))
-    patch = patch or auto_patch
-    stride = stride or min(auto_stride, patch)
-    heat = occlusion(
-        predictor.predict_proba,
-        x,
-        idx,
-        patch=patch,
-        stride=stride,
-        fill=parse_fill(fill, predictor.mean, predictor.std),
-        batch_size=batch_size,
-        fast=fast,
-        # bf16 in the CNN only (see the module docstring); an ONNX model has no torch CNN
-        bf16_modules=[cnn] if (cnn := getattr(predictor.model, "cnn", None)) is not None else None,
-    )
+    heat = explainer(predictor, x, idx, **options)
     return Explanation(
         heatmap=heat.cpu().numpy(),
         photo=pixels.permute(1, 2, 0).numpy(),
@@ -262,6 +331,7 @@ def explain_image(
         top=top,
         top_prob=float(probs[top]),
         probs=probs.double().numpy(),
+        method=method,
     )
 
 

@@ -39,7 +39,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from geovit import __version__
 from geovit.data.images import decode_image, open_image
 from geovit.errors import GeovitError
-from geovit.explain import explain_image, window_starts
+from geovit.explain import DESIGN_PATCH, DESIGN_STRIDE, explain_image, window_starts
 from geovit.figures import image_bytes
 from geovit.geojson import cell_info, partition_geojson, prediction_geojson
 from geovit.maps import best_guess, probability_map_html
@@ -445,8 +445,10 @@ def create_app(
         request: Request,
         image: UploadFile = File(..., description="the photo"),
         format: Literal["png", "json"] = Query("png", description="PNG overlay or JSON grid"),
-        patch: int = Query(32, ge=1, description="occluding square, in model-input pixels"),
-        stride: int = Query(8, ge=1, description="step between occlusions, in pixels"),
+        patch: int = Query(
+            DESIGN_PATCH, ge=1, description="occluding square, in model-input pixels"
+        ),
+        stride: int = Query(DESIGN_STRIDE, ge=1, description="step between occlusions, in pixels"),
     ) -> Response | dict[str, Any]:
         """Occlusion sensitivity of the top cell: how much hiding each region lowers its
         probability. An RGBA PNG overlay at the model's input size, or the grid as JSON."""
