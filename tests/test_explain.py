@@ -17,8 +17,10 @@ from geovit.cells import CellPartition
 from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.explain import (
+    EXPLAINERS,
     Explanation,
     explain_image,
+    explainer_options,
     occlusion,
     occlusion_window,
     parse_fill,
@@ -256,3 +258,30 @@ def test_heatmap_figure_is_diverging_centred_at_zero_with_its_range_stated():
 
     for x, t in ((4, 1.0), (32, 0.5), (60, 0.0)):  # +max: dark red, 0: white, -max: dark blue
         np.testing.assert_allclose(at(x), blend(t), atol=6)
+
+
+@pytest.mark.parametrize("method", list(EXPLAINERS))
+def test_every_explainer_explains_the_top_cell_and_checks_its_options(
+    predictor, noise_photo, method
+):
+    """Any registered method: a finite (S, S) heatmap for the predictor's own top cell and
+    probability, and a one-line error naming an option it does not take."""
+    expl = explain_image(predictor, noise_photo, method=method)
+    size = predictor.image_size
+    assert expl.heatmap.shape == (size, size) and np.isfinite(expl.heatmap).all()
+    assert expl.method == method
+    ref = predictor.predict(noise_photo, top_k=1)
+    assert expl.target == expl.top == int(ref.indices[0])
+    assert expl.prob == pytest.approx(float(ref.probs[0]), rel=1e-5)
+    with pytest.raises(GeovitError, match=f"method '{method}' has no option 'bogus'; its options"):
+        explain_image(predictor, noise_photo, method=method, bogus=1)
+
+
+def test_unknown_explainer_and_bad_occlusion_options_fail_in_one_line(predictor, noise_photo):
+    with pytest.raises(GeovitError, match="unknown explanation method 'lime'; choose one of"):
+        explain_image(predictor, noise_photo, method="lime")
+    with pytest.raises(GeovitError, match="batch_size 0 must be at least 1"):
+        explain_image(predictor, noise_photo, batch_size=0)
+    assert explainer_options("occlusion") == {
+        "patch": None, "stride": None, "fill": "mean", "batch_size": 32, "fast": False
+    }  # fmt: skip
