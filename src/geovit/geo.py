@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike
 from geovit.errors import GeovitError
 
 EARTH_RADIUS_KM = 6371.0
+KM_PER_DEGREE = EARTH_RADIUS_KM * np.pi / 180.0  # of latitude (and of longitude at the equator)
 GEOSCORE_SCALE_KM = 1492.7
 GEOSCORE_MAX = 5000.0
 

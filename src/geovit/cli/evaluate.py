@@ -37,6 +37,7 @@ from geovit.cli._common import (
 )
 from geovit.errors import GeovitError
 from geovit.fileio import ensure_writable
+from geovit.metrics import ECE_BINS
 
 if TYPE_CHECKING:
     from geovit.predictor import Prediction, Predictor
@@ -187,7 +188,7 @@ def calibrate(
         "NLL after",
         "ECE before",
         "ECE after",
-        title=f"temperature T = {fit.temperature:.4f} (before: T = 1; ECE: 15 bins, top-1)",
+        title=f"temperature T = {fit.temperature:.4f} (before: T = 1; ECE: {ECE_BINS} bins, top-1)",
         title_justify="left",
     )
     for name, f in checks:

@@ -32,6 +32,7 @@ from geovit.data.refs import (
     split_ref,
 )
 from geovit.errors import GeovitError
+from geovit.geo import KM_PER_DEGREE
 
 COLUMNS = ("id", "image", "latitude", "longitude", "split")
 METADATA_COLUMNS = (
@@ -48,7 +49,6 @@ METADATA_COLUMNS = (
 SPLITS = ("train", "val", "test")
 VAL_SPLITS = ("random", "sequence", "spatial")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
-KM_PER_DEGREE = 6371.0 * np.pi / 180.0
 
 IMAGE_ALIASES = ("image", "image_path", "path", "filepath", "file", "filename", "img")
 LAT_ALIASES = ("latitude", "lat")

@@ -39,7 +39,7 @@ from PIL import Image
 
 from geovit import __version__
 from geovit.errors import GeovitError
-from geovit.geo import EARTH_RADIUS_KM, haversine_km
+from geovit.geo import KM_PER_DEGREE, haversine_km
 
 #: Bump when the drawing or sampling changes, so a cached world is not silently reused.
 GENERATOR_VERSION = 1
@@ -102,7 +102,6 @@ _WINDOW_STYLES = (
 # when every frame's nearest settlement lies in one of the states.
 _LAT_RANGE = (25.8, 49.0)
 _LON_RANGE = (-124.6, -93.5)
-_KM_PER_DEG = EARTH_RADIUS_KM * np.pi / 180.0
 _DENSITY_RADIUS_KM = 30.0  # places within this radius count towards a settlement's weight
 _PLACE_SIZE_SEED = 20250428  # fixed: a place's size is part of the geography, not of the sample
 _MEAN_EXTRA_FRAMES = 2.5
@@ -170,8 +169,8 @@ def nearest_settlement(lat: np.ndarray, lon: np.ndarray) -> pd.DataFrame:
 
 def _offset(lat: np.ndarray, lon: np.ndarray, north_km: np.ndarray, east_km: np.ndarray):
     """Move points by small distances (local flat-Earth approximation, fine for a few km)."""
-    new_lat = lat + north_km / _KM_PER_DEG
-    new_lon = lon + east_km / (_KM_PER_DEG * np.cos(np.radians(lat)))
+    new_lat = lat + north_km / KM_PER_DEGREE
+    new_lon = lon + east_km / (KM_PER_DEGREE * np.cos(np.radians(lat)))
     return new_lat, new_lon
 
 
