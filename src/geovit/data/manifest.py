@@ -527,22 +527,7 @@ def _no_gps_hint(folder: Path) -> str:
 # --------------------------------------------------------------------------------- formats
 
 
-@dataclass(frozen=True)
-class ReadOptions:
-    """What a reader is asked for besides the source: columns to keep, whether images are
-    needed, and the table options (None = the reader's default)."""
-
-    extra: tuple[str, ...] = ()
-    need_images: bool = True
-    image_col: str | None = None
-    lat_col: str | None = None
-    lon_col: str | None = None
-    image_template: str | None = None
-    sep: str | None = None
-    encoding: str | None = None
-
-
-# the options only a table reader takes, with their CLI names for the error message
+# the options only a table reader takes (read_table's keywords), with their CLI flags
 TABLE_OPTIONS = {
     "image_col": "--image-col",
     "lat_col": "--lat-col",
@@ -551,6 +536,16 @@ TABLE_OPTIONS = {
     "sep": "--sep",
     "encoding": "--encoding",
 }
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a reader is asked for besides the source: columns to keep, whether images are
+    needed, and the TABLE_OPTIONS given (name -> value; absent = the reader's default)."""
+
+    extra: tuple[str, ...] = ()
+    need_images: bool = True
+    table: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -616,10 +611,7 @@ def _exif_locate(folder: Path, photo: Path) -> tuple[Sequence, Sequence]:
 
 
 def _read_table_format(path: Path, report: ManifestReport, opts: ReadOptions) -> pd.DataFrame:
-    return read_table(
-        path, report, opts.image_col, opts.lat_col, opts.lon_col, opts.extra,
-        opts.image_template, need_images=opts.need_images, sep=opts.sep, encoding=opts.encoding,
-    )  # fmt: skip
+    return read_table(path, report, extra=opts.extra, need_images=opts.need_images, **opts.table)
 
 
 register(
@@ -881,16 +873,21 @@ def load_manifest(
     extra = tuple(c for c in keep_columns if c not in COLUMNS)
     if extra and not reader.columns:
         raise GeovitError(f"{path}: {reader.expects} has no column {extra[0]!r}; pass a table")
-    opts = ReadOptions(extra, need_images, image_col, lat_col, lon_col, image_template, sep,
-                       encoding)  # fmt: skip
-    given = [flag for name, flag in TABLE_OPTIONS.items() if getattr(opts, name) is not None]
+    given = {
+        name: value
+        for name, value in (("image_col", image_col), ("lat_col", lat_col), ("lon_col", lon_col),
+                            ("image_template", image_template), ("sep", sep),
+                            ("encoding", encoding))
+        if value is not None
+    }  # fmt: skip
     if given and not reader.table_options:
+        flags = ", ".join(TABLE_OPTIONS[name] for name in given)
         raise GeovitError(
-            f"{', '.join(given)} apply to .csv/.parquet tables, but {path} is read as {fmt}; "
+            f"{flags} apply to .csv/.parquet tables, but {path} is read as {fmt}; "
             "pass the table itself as the dataset"
         )
     report = ManifestReport(source=str(path), fmt=fmt)
-    df = reader.read(path, report, opts)
+    df = reader.read(path, report, ReadOptions(extra, need_images, given))
     report.n_read += len(df)
     images = need_images or df["image"].notna().any()
     if not images:
