@@ -212,6 +212,12 @@ class CellPartition:
         return _read_only(s2.cell_id_to_token(self.cell_ids))
 
     @cached_property
+    def scale_km(self) -> np.ndarray:
+        """Each cell's size, sqrt(area) in km (float64, read-only): the unit of the offset head's
+        targets, so one regression scale fits cells from 1 km to 1,000 km across."""
+        return _read_only(np.sqrt(s2.cell_area_km2(self.cell_ids)))
+
+    @cached_property
     def _corners_xyz(self) -> np.ndarray:
         return _read_only(s2.cell_vertices_xyz(self.cell_ids))
 
