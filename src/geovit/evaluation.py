@@ -353,7 +353,7 @@ def reliability_figure(m: dict[str, Any]) -> Figure:
     ax.bar(
         lower, acc, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy"
     )
-    gap = np.nan_tonum(conf - acc)
+    gap = np.nan_to_num(conf - acc)
     for sign, colour, label in (
         (1, OVER_COLOUR, "over-confident: confidence > accuracy"),
         (-1, UNDER_COLOUR, "under-confident: confidence < accuracy"),
