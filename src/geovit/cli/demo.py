@@ -1,4 +1,4 @@
-"""CLI commands: demo (the whole pipeline offline) and card (model card + datasheet)."""
+"""CLI command: `geovit demo` (the whole pipeline on a synthetic world, offline)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,7 @@ from pathlib import Path
 import typer
 
 from geovit.cli._app import app
-from geovit.cli._common import (
-    CHECKPOINT,
-    DATA,
-    DATA_FORMAT,
-    ENCODING,
-    IMAGE_COL,
-    IMAGE_TEMPLATE,
-    LAT_COL,
-    LON_COL,
-    SEP,
-    SPLIT_SEED,
-    VAL_FRACTION,
-    VAL_SPLIT,
-    TableColumns,
-    console,
-    friendly,
-    load_split_manifest,
-    read_metrics,
-    track,
-)
+from geovit.cli._common import console, friendly, track
 from geovit.fileio import write_text
 
 
@@ -73,43 +54,3 @@ def demo(
         console.print(f"  {name:12s} {path}")
     write_text(out / "baselines.json", json.dumps(b, indent=2))
     console.print(f"done in {time.perf_counter() - start:,.0f} s; open {result.files['report']}")
-
-
-@app.command()
-@friendly
-def card(
-    checkpoint: Path = CHECKPOINT,
-    data: Path = DATA,
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for MODEL_CARD.md and DATASHEET.md."),
-    metrics: Path = typer.Option(
-        None, help="metrics.json of an earlier `geovit evaluate` (else the test split is scored)."
-    ),
-    name: str = typer.Option(None, help="Dataset name for the documents (default: the folder)."),
-    fmt: str = DATA_FORMAT,
-    image_col: str = IMAGE_COL,
-    lat_col: str = LAT_COL,
-    lon_col: str = LON_COL,
-    image_template: str = IMAGE_TEMPLATE,
-    sep: str = SEP,
-    encoding: str = ENCODING,
-    val_fraction: float = VAL_FRACTION,
-    val_split: str = VAL_SPLIT,
-    split_seed: int = SPLIT_SEED,
-) -> None:
-    """Write MODEL_CARD.md (Hugging Face format) and DATASHEET.md from a run's own numbers."""
-    from geovit.card import describe_dataset, write_cards
-    from geovit.checkpoint import load_checkpoint
-    from geovit.evaluation import evaluate
-    from geovit.predictor import Predictor
-
-    columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
-    manifest, report = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
-    ckpt = load_checkpoint(checkpoint)
-    if metrics is None:
-        scores = evaluate(Predictor.from_loaded(ckpt), manifest, "test")
-    else:
-        scores = read_metrics(metrics)
-    info = describe_dataset(data, name or data.resolve().name)
-    paths = write_cards(out, ckpt, scores, manifest, report.lines(), info)
-    for path in paths:
-        console.print(f"wrote {path}")
