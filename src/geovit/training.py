@@ -138,6 +138,9 @@ class GeoViTModule(L.LightningModule):
             raise GeovitError(
                 f"model has {model_config.num_classes} classes but the cells file {len(cells)}"
             )
+        # the run's hyper-parameters for the loggers (TensorBoard's HPARAMS tab, hparams.yaml)
+        self.save_hyperparameters({"train": dataclasses.asdict(config),
+                                   "model": model_config.to_dict()})  # fmt: skip
         self.model = GeoViT(model_config)
         self.cells = cells
         self.config = config
@@ -463,7 +466,7 @@ class TrainResult:
     bad_images: dict = field(default_factory=dict)  # unreadable images of the last epoch
 
 
-RUN_FILES = ("best*.ckpt", "last*.ckpt", "model.pt", "logs", "tb")  # what a run writes
+RUN_FILES = ("best*.ckpt", "last*.ckpt", "model.pt", "logs", "tb", "config.yaml")  # what a run writes
 
 
 def prepare_run_folder(out: Path, *, resume: str | Path | None, overwrite: bool) -> None:

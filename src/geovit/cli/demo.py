@@ -10,6 +10,7 @@ import typer
 
 from geovit.cli._app import app
 from geovit.cli._common import console, friendly, track
+from geovit.demo_settings import DemoSettings, stage_boundaries
 from geovit.fileio import write_text
 
 
@@ -17,22 +18,21 @@ from geovit.fileio import write_text
 @friendly
 def demo(
     out: Path = typer.Option(Path("demo_run"), "--out", help="Folder for every artefact."),
-    n: int = typer.Option(None, help="Synthetic images to generate [default: 6000]."),
-    seed: int = typer.Option(None, help="Seed of the world and the training run [default: 0]."),
+    n: int = typer.Option(DemoSettings.n, help="Synthetic images to generate."),
+    seed: int = typer.Option(DemoSettings.seed, help="Seed of the world and the training run."),
     epochs: int = typer.Option(
-        None, help="Training epochs; the three stages keep the design's proportions [default: 6]."
+        DemoSettings.epochs, help="Training epochs; the three stages keep the design's proportions."
     ),
 ) -> None:
     """Run every stage on a synthetic world: synth, cells, train, calibrate, evaluate, explain,
     maps, report, model card and datasheet. Offline, a few minutes on a laptop CPU."""
-    from geovit.demo import DemoSettings, run_demo, stage_boundaries
+    from geovit.demo import run_demo
 
     start = time.perf_counter()
-    given = {"n": n, "seed": seed}
-    if epochs is not None:
-        freeze, refreeze = stage_boundaries(epochs)
-        given |= {"epochs": epochs, "freeze_epochs": freeze, "cnn_refreeze_epoch": refreeze}
-    settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
+    freeze, refreeze = stage_boundaries(epochs)  # the defaults' own schedule at the default
+    settings = DemoSettings(
+        n=n, seed=seed, epochs=epochs, freeze_epochs=freeze, cnn_refreeze_epoch=refreeze
+    )
     result = run_demo(
         out, settings, say=lambda line: console.print(line, highlight=False), track=track
     )
