@@ -225,3 +225,77 @@ def test_demo_help_shows_its_defaults():
     text = " ".join(res.output.split())
     for value in (DemoSettings.n, DemoSettings.seed, DemoSettings.epochs, "demo_run"):
         assert f"[default: {value}]" in text
+
+
+# ---- training from a config file; the run's hyper-parameters in its logs ----
+
+
+def test_config_file_unknown_key_fails_in_one_line_naming_the_valid_keys(tmp_path):
+    bad = tmp_path / "run.toml"
+    bad.write_text("lr = 0.001\nlearning_rate = 0.1\nfreeze-epochs = 1\n")
+    res = CliRunner().invoke(app, ["train", "--config", str(bad)], env={"COLUMNS": "400"})
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "learning_rate" in lines[0] and "freeze_epochs" not in lines[0][:60]
+    for key in ("lr", "freeze_epochs", "layout", "cells", "data"):
+        assert f" {key}," in lines[0] or f" {key}" in lines[0].split("valid keys:")[1]
+    broken = tmp_path / "run.yaml"
+    broken.write_text("lr: [1\n")
+    res = CliRunner().invoke(app, ["train", "--config", str(broken)])
+    assert res.exit_code == 2 and "not valid YAML" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def config_run(tiny_world, tiny_cells, tmp_path_factory):
+    """A tiny run whose options come from a YAML file, two of them overridden by flags."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("config_run")
+    given = {"data": str(tiny_world), "cells": str(tiny_cells), "preset": "small",
+             "image-size": 64, "pretrained": False, "epochs": 1, "freeze_epochs": 1,
+             "cnn-refreeze-epoch": 1, "batch_size": 16, "workers": 0, "accelerator": "cpu",
+             "limit_train_batches": 2, "limit_val_batches": 2, "progress": False,
+             "lr": 0.001, "scheduler": "cosine", "val_split": "random"}  # fmt: skip
+    (tmp / "run.yaml").write_text(yaml.safe_dump(given))
+    out = tmp / "run"
+    args = ["train", "--config", str(tmp / "run.yaml"), "--out", str(out), "--lr", "0.002"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return given, out
+
+
+def test_config_file_flags_override_and_the_run_writes_it_back(config_run, tmp_path):
+    import yaml
+
+    from geovit.checkpoint import load_checkpoint
+
+    given, out = config_run
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    cfg = load_checkpoint(out / "model.pt").train["config"]
+    assert cfg["lr"] == 0.002 and written["lr"] == 0.002  # the flag beat the file
+    assert cfg["scheduler"] == "cosine" and cfg["epochs"] == 1 and cfg["batch_size"] == 16
+    assert written["val_split"] == "random" and written["out"] == str(out)
+    assert written["cells"] == given["cells"] and written["pretrained"] is False
+    # every flag of the command, under its option name; run control is not configuration
+    assert "freeze_epochs" in written and "layout" in written and "resume" not in written
+    # the written file repeats the run
+    again = tmp_path / "again"
+    res = CliRunner().invoke(
+        app, ["train", "--config", str(out / "config.yaml"), "--out", str(again)]
+    )
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((again / "config.yaml").read_text()) == {**written, "out": str(again)}
+    assert load_checkpoint(again / "model.pt").train["config"] == cfg
+
+
+def test_run_logs_hold_its_hyperparameters(config_run):
+    """TensorBoard and the CSV logger get TrainConfig and ModelConfig (not `{}`)."""
+    import yaml
+
+    _, out = config_run
+    hparams = yaml.safe_load((out / "logs" / "version_0" / "hparams.yaml").read_text())
+    assert hparams["train"]["lr"] == 0.002 and hparams["train"]["scheduler"] == "cosine"
+    assert hparams["model"]["cnn"] == "resnet18" and hparams["model"]["vit"].startswith("vit_")
+    events = b"".join(p.read_bytes() for p in (out / "tb").rglob("events.out.tfevents.*"))
+    for key in (b"train/lr", b"model/cnn", b"resnet18", b"vit_tiny_patch16_224"):
+        assert key in events, key

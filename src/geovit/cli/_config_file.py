@@ -75,11 +75,10 @@ CONFIG = typer.Option(
 )
 
 
-def write_config(path: Path) -> Path:
+def write_config(ctx: click.Context, path: Path) -> Path:
     """The running command's effective options as YAML (`--config PATH` repeats them)."""
     import yaml
 
-    ctx = click.get_current_context()
     values = {
         _key(p): plain(ctx.params[p.name])
         for p in ctx.command.params

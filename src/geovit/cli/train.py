@@ -122,6 +122,7 @@ train_options = grouped("hparams", TRAIN_OPTIONS, _train_config)
 @dataset_options
 @train_options
 def train(
+    ctx: typer.Context,
     data: Path = DATA,
     cells_path: Path = typer.Option(
         None, "--cells", help="cells.parquet from `geovit cells build` (not with --resume)."
@@ -210,7 +211,7 @@ def train(
     )  # fmt: skip
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
-    write_config(out / "config.yaml")
+    write_config(ctx, out / "config.yaml")
     for line in data_report.lines():
         console.print(line, highlight=False)
     bad = ", ".join(f"{k.split('/')[0]} {v}" for k, v in result.bad_images.items() if v)
