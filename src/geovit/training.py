@@ -466,7 +466,8 @@ class TrainResult:
     bad_images: dict = field(default_factory=dict)  # unreadable images of the last epoch
 
 
-RUN_FILES = ("best*.ckpt", "last*.ckpt", "model.pt", "logs", "tb", "config.yaml")  # what a run writes
+# what a run writes
+RUN_FILES = ("best*.ckpt", "last*.ckpt", "model.pt", "logs", "tb", "config.yaml")
 
 
 def prepare_run_folder(out: Path, *, resume: str | Path | None, overwrite: bool) -> None:
