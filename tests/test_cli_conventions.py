@@ -275,7 +275,7 @@ def test_config_file_flags_override_and_the_run_writes_it_back(config_run, tmp_p
     assert cfg["lr"] == 0.002 and written["lr"] == 0.002  # the flag beat the file
     assert cfg["scheduler"] == "cosine" and cfg["epochs"] == 1 and cfg["batch_size"] == 16
     assert written["val_split"] == "random" and written["out"] == str(out)
-    assert written["cells"] == given["cells"] and written["pretrained"] is False
+    assert written["cells"] == [given["cells"]] and written["pretrained"] is False
     # every flag of the command, under its option name; run control is not configuration
     assert "freeze_epochs" in written and "layout" in written and "resume" not in written
     # the written file repeats the run

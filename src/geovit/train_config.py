@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from geovit.errors import GeovitError
+from geovit.geo import DEFAULT_TAU_KM
 from geovit.monitor import Monitor, parse_monitor
 
 STAGES = ("heads", "full", "vit")
@@ -30,7 +31,13 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     warmup_epochs: float = 1.0  # cosine only
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # "ce" only
+    # the classification loss (geovit.losses.LOSSES) and, for "haversine", its temperature (km)
+    loss: str = "ce"
+    tau: float = DEFAULT_TAU_KM
+    # the hybrid head's offset regression: loss = classification + offset_weight * L1/L2
+    offset_weight: float = 1.0
+    offset_loss: str = "l1"
     grad_clip: float | None = 1.0
     precision: str = "32"
     channels_last: bool = False
@@ -56,6 +63,18 @@ class TrainConfig:
             )
         if self.scheduler not in SCHEDULERS:
             raise GeovitError(f"unknown scheduler {self.scheduler!r}: use one of {SCHEDULERS}")
+        # the registries live with their torch code: imported here, not when the CLI lists flags
+        from geovit.heads import OFFSET_LOSSES
+        from geovit.losses import LOSSES
+
+        if self.loss not in LOSSES:
+            raise GeovitError(f"unknown loss {self.loss!r}: use one of {tuple(LOSSES)}")
+        if self.offset_loss not in OFFSET_LOSSES:
+            raise GeovitError(
+                f"unknown offset loss {self.offset_loss!r}: use one of {OFFSET_LOSSES}"
+            )
+        if not self.offset_weight >= 0:
+            raise GeovitError(f"offset weight {self.offset_weight} must be >= 0")
         if self.precision not in PRECISIONS:
             raise GeovitError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

@@ -81,7 +81,10 @@ def option(name: str, annotation: Any, info: Any) -> inspect.Parameter:
 
 
 def plain(value: Any) -> Any:
-    """A CLI value as the plain value the pipeline stores (an Enum's str, a Path's str)."""
+    """A CLI value as the plain value the pipeline stores (an Enum's str, a Path's str; a
+    repeated option's list of them)."""
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
     if isinstance(value, Enum):
         return value.value
     return str(value) if isinstance(value, Path) else value

@@ -61,7 +61,12 @@ def _use_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
             )
     except GeovitError as exc:
         fail(exc)
-    ctx.default_map = {**(ctx.default_map or {}), **{by_key[k]: v for k, v in given.items()}}
+    multiple = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
+    defaults = {by_key[k]: v for k, v in given.items()}
+    for name in multiple & set(defaults):  # `cells: a.parquet` as well as a list
+        if not isinstance(defaults[name], list):
+            defaults[name] = [defaults[name]]
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
 
 

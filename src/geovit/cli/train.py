@@ -52,7 +52,11 @@ TRAIN_HELP = {
     "plateau_factor": "plateau: multiply the LR by this when val loss stalls.",
     "plateau_patience": "plateau: epochs without improvement before the LR drops.",
     "warmup_epochs": "Cosine warmup length in epochs.",
-    "label_smoothing": "Cross-entropy label smoothing.",
+    "label_smoothing": "Cross-entropy label smoothing (ce loss).",
+    "loss": "ce (cross-entropy) or haversine (PIGEON's geographic smoothing).",
+    "tau": "Haversine smoothing temperature in km.",
+    "offset_weight": "Weight of the hybrid head's offset loss.",
+    "offset_loss": "l1 or l2 offset loss.",
     "grad_clip": "Clip the gradient norm (0: off).",
     "precision": "Numeric precision of training.",
     "channels_last": "channels_last memory format for the CNN.",
@@ -124,8 +128,12 @@ train_options = grouped("hparams", TRAIN_OPTIONS, _train_config)
 def train(
     ctx: typer.Context,
     data: Path = DATA,
-    cells_path: Path = typer.Option(
-        None, "--cells", help="cells.parquet from `geovit cells build` (not with --resume)."
+    cells_paths: list[Path] = typer.Option(
+        None,
+        "--cells",
+        help="cells.parquet from `geovit cells build` (not with --resume). Repeat it to train "
+        "several partitions at once, coarse first: the last is the one predicted, the others "
+        "multiply in their parent cell's probability.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, model.pt."),
     config_file: Path = CONFIG,
@@ -151,6 +159,9 @@ def train(
     ),
     cnn_weights: Path = typer.Option(None, help="Local CNN weights (.safetensors/.pth)."),
     vit_weights: Path = typer.Option(None, help="Local ViT weights (.safetensors/.pth)."),
+    head: str = typer.Option(
+        None, help="linear (cells) or hybrid (cells + offset within the cell) (default: linear)."
+    ),
     threads: int = THREADS,
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
     overwrite: bool = typer.Option(
@@ -177,15 +188,17 @@ def train(
     processes = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
     set_threads(threads, config.workers, processes)
     if resume is not None:
-        model_cfg, cells = resume_model(resume)
+        model_cfg, cells, extra_cells = resume_model(resume)
         console.print(f"resuming {resume}: model and cells come from the checkpoint")
-    elif cells_path is None:
+    elif not cells_paths:
         raise GeovitError("--cells is required: pass the cells.parquet from `geovit cells build`")
     else:
-        cells = CellPartition.load(cells_path)
+        *extra_cells, cells = [CellPartition.load(p) for p in cells_paths]
         model_cfg = model_config(
             plain(preset),
             len(cells),
+            head=head,
+            extra_classes=[len(c) for c in extra_cells] or None,
             arch=plain(arch),
             cnn=cnn,
             vit=vit,
@@ -207,7 +220,7 @@ def train(
     result, data_report = run_training(
         manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build,
         notify=rank_zero_only(lambda line: console.print(line, highlight=False, soft_wrap=True)),
-        overwrite=overwrite,
+        overwrite=overwrite, extra_cells=extra_cells,
     )  # fmt: skip
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
