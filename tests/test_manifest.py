@@ -652,9 +652,10 @@ FORMAT_SAMPLES = {
 
 
 def test_every_format_has_a_sample() -> None:
-    from geovit.data.manifest import READERS
+    from geovit.data.manifest import FORMATS, READERS
 
     assert set(READERS) == set(FORMAT_SAMPLES)
+    assert set(FORMATS) == {"auto", *READERS}  # the CLI's --layout choices (torch/pandas-free)
 
 
 @pytest.mark.parametrize("fmt", list(FORMAT_SAMPLES))

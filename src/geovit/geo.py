@@ -16,6 +16,8 @@ EARTH_RADIUS_KM = 6371.0
 KM_PER_DEGREE = EARTH_RADIUS_KM * np.pi / 180.0  # of latitude (and of longitude at the equator)
 GEOSCORE_SCALE_KM = 1492.7
 GEOSCORE_MAX = 5000.0
+# PIGEON's haversine label smoothing temperature, exp(-d / tau) like GeoScore (geovit.losses)
+DEFAULT_TAU_KM = 75.0
 
 
 def haversine_km(lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayLike) -> np.ndarray:

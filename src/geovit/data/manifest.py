@@ -31,6 +31,7 @@ from geovit.data.refs import (
     read_image_bytes,
     split_ref,
 )
+from geovit.dataset_options import FORMATS, SPLITS, VAL_SPLITS, DatasetOptions
 from geovit.errors import GeovitError
 from geovit.geo import KM_PER_DEGREE
 
@@ -46,8 +47,6 @@ METADATA_COLUMNS = (
     "unique_sub-region",
     "unique_city",
 )
-SPLITS = ("train", "val", "test")
-VAL_SPLITS = ("random", "sequence", "spatial")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 IMAGE_ALIASES = ("image", "image_path", "path", "filepath", "file", "filename", "img")
@@ -654,7 +653,6 @@ register(
         no_records_hint=_no_gps_hint,
     )
 )
-FORMATS = ("auto", *READERS)
 
 
 def detect_format(source: Path) -> str:
@@ -830,7 +828,7 @@ def _coordinates_ok(lat: pd.Series, lon: pd.Series) -> tuple[np.ndarray, np.ndar
 def load_manifest(
     source: str | os.PathLike,
     *,
-    fmt: str = "auto",
+    fmt: str = DatasetOptions.layout,
     image_col: str | None = None,
     lat_col: str | None = None,
     lon_col: str | None = None,
@@ -838,10 +836,10 @@ def load_manifest(
     sep: str | None = None,
     encoding: str | None = None,
     need_images: bool = True,
-    val_fraction: float = 0.1,
-    val_split: str = "sequence",
+    val_fraction: float = DatasetOptions.val_fraction,
+    val_split: str = DatasetOptions.val_split,
     test_fraction: float = 0.1,
-    seed: int = 0,
+    seed: int = DatasetOptions.split_seed,
     block_km: float = 40.0,
     check_images: bool = False,
     keep_columns: Sequence[str] = (),
