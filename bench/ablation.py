@@ -4,7 +4,8 @@ Rows (each trained through geovit's training API, scored by geovit's evaluation 
 split, beside baselines measured in the same run by bench/real_photos.py's code):
 
 - ``seed``: the design's recipe (linear head over cells, cross-entropy, one partition);
-- ``+haversine``: PIGEON's haversine label smoothing (tau 75 km);
+- ``+haversine``: PIGEON's haversine label smoothing (tau 75 km); ``+haversine750``: the same
+  with tau 750 km, the scale of cells on a few thousand photos;
 - ``+hybrid``: OpenStreetView-5M's cell + offset head (answers with the top cell's centroid
   moved by its predicted offset);
 - ``+multi``: a coarser partition trained at once (t1 x 4), probabilities multiplied (TIB);
@@ -51,6 +52,9 @@ from real_photos import baselines, load_data, point_at_cache, thresholds
 TRAIN_ROWS: dict[str, dict[str, Any]] = {
     "seed": {},
     "+haversine": {"loss": "haversine"},
+    # tau at the scale of these cells (hundreds of km apart on ~2k photos) instead of PIGEON's
+    # 75 km, tuned for its ~50 km admin-area cells
+    "+haversine750": {"loss": "haversine", "tau": 750.0},
     "+hybrid": {"head": "hybrid"},
     "+multi": {"multi": True},
 }
@@ -79,7 +83,7 @@ def run_config(args: argparse.Namespace, change: dict[str, Any]) -> dict[str, An
         "lr": args.lr,
         "freeze_cnn": args.freeze_cnn,
         "seed": args.seed,
-        "tau": args.tau,
+        "tau": change.get("tau", args.tau),
         "head": change.get("head", "linear"),
         "loss": change.get("loss", "ce"),
         "multi": bool(change.get("multi", False)),
