@@ -85,9 +85,7 @@ def _east_north(lat0: ArrayLike, lon0: ArrayLike) -> tuple[np.ndarray, np.ndarra
     phi = np.radians(np.asarray(lat0, dtype=np.float64))
     lam, phi = np.broadcast_arrays(lam, phi)
     east = np.stack([-np.sin(lam), np.cos(lam), np.zeros_like(lam)], axis=-1)
-    north = np.stack(
-        [-np.sin(phi) * np.cos(lam), -np.sin(phi) * np.sin(lam), np.cos(phi)], axis=-1
-    )
+    north = np.stack([-np.sin(phi) * np.cos(lam), -np.sin(phi) * np.sin(lam), np.cos(phi)], axis=-1)
     return c, east, north
 
 

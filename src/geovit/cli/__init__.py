@@ -7,6 +7,7 @@ from geovit.cli import (  # noqa: F401  (importing registers the commands)
     download,
     evaluate,
     explain,
+    gallery,
     push,
     serve,
     shards,

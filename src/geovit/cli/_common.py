@@ -60,6 +60,16 @@ THREADS = typer.Option(
     min=1,
     help="torch intra-op threads (default: usable cores // (devices x (workers + 1)), >= 1).",
 )
+# How predictions are made (Predictor.configure): predict, evaluate and serve share them.
+POINT = typer.Option(
+    "top1",
+    "--point",
+    help="Best-guess point estimator (geovit.points), e.g. top1, weighted, hybrid, retrieval.",
+)
+INDEX = typer.Option(
+    None, "--index", help="Gallery from `geovit index` for --point retrieval (same checkpoint)."
+)
+TTA = typer.Option(1, "--tta", min=1, help="Average the softmax over this many test-time crops.")
 IMAGE_COL = typer.Option(None, "--image-col", help="Table column of image paths (tables only).")
 LAT_COL = typer.Option(None, "--lat-col", help="Table column of latitudes (tables only).")
 LON_COL = typer.Option(None, "--lon-col", help="Table column of longitudes (tables only).")

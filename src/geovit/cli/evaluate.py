@@ -19,11 +19,14 @@ from geovit.cli._common import (
     ENCODING,
     IMAGE_COL,
     IMAGE_TEMPLATE,
+    INDEX,
     LAT_COL,
     LON_COL,
+    POINT,
     SEP,
     SPLIT_SEED,
     THREADS,
+    TTA,
     VAL_FRACTION,
     VAL_SPLIT,
     WORKERS,
@@ -69,6 +72,9 @@ def evaluate(
     places: bool = typer.Option(
         True, help="Country/region/sub-region/city accuracy (offline geocoder)."
     ),
+    point: str = POINT,
+    index: Path | None = INDEX,
+    tta: int = TTA,
     batch_size: int = BATCH_SIZE,
     workers: int = WORKERS,
     threads: int = THREADS,
@@ -91,7 +97,7 @@ def evaluate(
     ks = _parse_ks(top_k)
     ensure_writable(out)
     set_threads(threads, workers)
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint).configure(point, index, tta)
     columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     with track(f"evaluating {split}", len(split_rows(manifest, split))) as advance:
@@ -106,6 +112,8 @@ def evaluate(
             progress=advance,
         )
     metrics["checkpoint"] = str(checkpoint)
+    if index is not None:
+        metrics["index"] = str(index)
     for title, header, rows in summary_tables(metrics):
         table = Table(*header, title=title, title_justify="left")
         for row in rows:
@@ -271,6 +279,9 @@ def predict(
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Cells to list per image."),
     output: str = typer.Option("table", "--format", "-f", help="table, json or geojson."),
+    point: str = POINT,
+    index: Path | None = INDEX,
+    tta: int = TTA,
     threads: int = THREADS,
 ) -> None:
     """Where was each photo taken? Top-k cells with probabilities and a best-guess point."""
@@ -286,7 +297,7 @@ def predict(
         raise GeovitError(f"no images to predict: {problems[0][0]}: {problems[0][1]}")
     if checkpoint is not None:
         set_threads(threads)
-    predictor = load_predictor(checkpoint or onnx)
+    predictor = load_predictor(checkpoint or onnx, point=point, index=index, tta=tta)
     results = predict_files(predictor, paths, top_k=top_k)
     failed = problems + [(p, r) for p, r in results if isinstance(r, str)]
     good = [(p, r) for p, r in results if not isinstance(r, str)]

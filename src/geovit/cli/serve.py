@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from geovit.cli._app import app
-from geovit.cli._common import console, err_console, friendly
+from geovit.cli._common import INDEX, POINT, TTA, console, err_console, friendly
 
 
 class ExportFormat(StrEnum):
@@ -37,12 +37,15 @@ def serve(
     max_megapixels: float = typer.Option(
         40.0, "--max-megapixels", min=0.001, help="largest image, megapixels (decompression bombs)"
     ),
+    point: str = POINT,
+    index: Path | None = INDEX,
+    tta: int = TTA,
 ) -> None:
     """Serve the web page (/) and the HTTP API (/predict, /explain, /cells, /health, /docs)."""
     from geovit.export import load_predictor
     from geovit.serve import create_app, run
 
-    predictor = load_predictor(checkpoint)
+    predictor = load_predictor(checkpoint, point=point, index=index, tta=tta)
     web_app = create_app(
         predictor,
         max_bytes=int(max_mb * 1e6),
