@@ -18,7 +18,7 @@ import numpy as np
 
 from geovit.cells import CellPartition
 from geovit.errors import GeovitError
-from geovit.geo import from_tangent, haversine_km, latlon_to_xyz, xyz_to_latlon
+from geovit.geo import haversine_km, latlon_to_xyz, xyz_to_latlon
 from geovit.metrics import CONCENTRATION_RADIUS_KM, topk_indices
 
 if TYPE_CHECKING:
@@ -120,14 +120,7 @@ class Hybrid(PointEstimator):
 
     def locate(self, outputs: Outputs) -> LatLon:
         top = top_cells(outputs["probs"])
-        offset = np.asarray(outputs["offset"], dtype=np.float64)[np.arange(len(top)), top]
-        scale = self.cells.scale_km[top]
-        return from_tangent(
-            self.cells.centroid_lat[top],
-            self.cells.centroid_lon[top],
-            offset[:, 0] * scale,
-            offset[:, 1] * scale,
-        )
+        return self.cells.points_at(top, np.asarray(outputs["offset"])[np.arange(len(top)), top])
 
 
 @register

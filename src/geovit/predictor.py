@@ -59,7 +59,7 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: best guess plus one entry per top-k cell."""
         return {
-            "best_guess": {"lat": self.best_lat, "lon": self.best_lon, "point": self.point},
+            "best_guess": {"lat": self.best_lat, "lon": self.best_lon},
             "top_k": [
                 {
                     "rank": r + 1,
@@ -195,7 +195,8 @@ class Predictor:
                     f"this model has no {' or '.join(missing)} output, which the chosen --point "
                     "needs; train a model with that head, or choose another --point"
                 )
-            out = {k: v.float().cpu().unflatten(0, (-1, crops)) for k, v in raw.items()}
+            # (B,N,...): the crops of each image side by side, averaged below
+            out = {k: raw[k].float().cpu().unflatten(0, (-1, crops)) for k in ("logits", *need)}
         z = out.pop("logits") / self.temperature
         if crops == 1:
             result = {
