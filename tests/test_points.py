@@ -137,6 +137,8 @@ def test_registry_errors_and_extension(cells, monkeypatch):
         points.make_point("nope", cells)
     with pytest.raises(GeovitError, match="needs --index"):
         points.make_point("retrieval", cells)
+    with pytest.raises(GeovitError, match="--point weighted uses no --index"):
+        points.make_point("weighted", cells, _gallery(cells)[0])
     monkeypatch.setattr(points, "POINTS", dict(points.POINTS))
 
     @points.register

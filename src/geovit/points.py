@@ -58,6 +58,7 @@ class PointEstimator:
     name: ClassVar[str]
     description: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
+    uses_gallery: ClassVar[bool] = False
 
     def __init__(self, cells: CellPartition, gallery: Gallery | None = None) -> None:
         self.cells = cells
@@ -133,6 +134,7 @@ class Retrieval(PointEstimator):
     name = "retrieval"
     description = f"nearest training image (by embedding) in the top {RETRIEVAL_CELLS} cells"
     needs = frozenset({"embedding"})
+    uses_gallery = True
 
     def __init__(
         self,
@@ -174,6 +176,8 @@ def make_point(name: str, cells: CellPartition, gallery: Gallery | None = None) 
     """The registered estimator ``name`` for these cells (and gallery, for ``retrieval``)."""
     if name not in POINTS:
         raise GeovitError(f"--point {name!r} is not one of {', '.join(POINTS)}")
+    if gallery is not None and not POINTS[name].uses_gallery:
+        raise GeovitError(f"--point {name} uses no --index; drop it or choose --point retrieval")
     return POINTS[name](cells, gallery)
 
 

@@ -256,7 +256,8 @@ class Predictor:
         return out
 
     def predict_tensors(self, x: torch.Tensor, top_k: int = 5) -> list[Prediction]:
-        """Predictions for preprocessed images (B,3,S,S), in batches of ``batch_size``."""
+        """Predictions for preprocessed images (B,3,S,S) (or their crops (B,N,3,S,S)), in
+        batches of ``batch_size``."""
         out: list[Prediction] = []
         for start in range(0, len(x), self.batch_size):
             probs, best = self.estimate(x[start : start + self.batch_size])
