@@ -195,3 +195,20 @@ def test_onnx_predictor_runs_hybrid_and_retrieval(hybrid_checkpoint, tiny_world,
     )
     a, b = retrieval.predict(photos[0]), torch_ret.predict(photos[0])
     assert (a.best_lat, a.best_lon) == pytest.approx((b.best_lat, b.best_lon), abs=1e-9)
+
+
+def test_server_answers_with_the_configured_point(tiny_checkpoint, photos):
+    from fastapi.testclient import TestClient
+
+    from geovit.serve import create_app
+
+    predictor = geovit.load(tiny_checkpoint, device="cpu", point="weighted", tta=2)
+    client = TestClient(create_app(predictor))
+    health = client.get("/health").json()
+    assert health["point"] == "weighted" and health["tta"] == 2
+    with open(photos[0], "rb") as f:
+        body = client.post("/predict", files={"image": ("a.jpg", f, "image/jpeg")}).json()
+    want = predictor.predict(photos[0])
+    assert body["best_guess"] == pytest.approx({"lat": want.best_lat, "lon": want.best_lon})
+    top1 = geovit.load(tiny_checkpoint, device="cpu", tta=2).predict(photos[0])
+    assert (want.best_lat, want.best_lon) != (top1.best_lat, top1.best_lon)
