@@ -100,17 +100,18 @@ def save_checkpoint(
     source: GeoViT | LoadedCheckpoint,
     cells: CellPartition | None = None,
     *,
+    extra_cells: Sequence[CellPartition] = (),
     train: dict | None = None,
     temperature: float | None = None,
 ) -> Path:
-    """Write a plain checkpoint atomically, from a model + cells or from a LoadedCheckpoint.
+    """Write a plain checkpoint atomically, from a model + cells (+ a multi-partition model's
+    coarser ``extra_cells``) or from a LoadedCheckpoint.
 
     With a LoadedCheckpoint, its cells, train info and temperature are kept unless overridden.
     """
-    extra_cells: Sequence[CellPartition] = ()
     if isinstance(source, LoadedCheckpoint):
         model = source.model
-        extra_cells = source.extra_cells if cells is None else ()
+        extra_cells = source.extra_cells if cells is None else extra_cells
         cells = source.cells if cells is None else cells
         train = source.train if train is None else train
         temperature = source.temperature if temperature is None else temperature

@@ -73,7 +73,7 @@ def export_onnx(
     # Batch 2, not 1: the exporter would specialize a size-1 dimension to a constant.
     example = torch.zeros(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    outputs = _Outputs(model)
+    outputs = _Outputs(model).eval()
     try:
         program = torch.onnx.export(
             outputs,

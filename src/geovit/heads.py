@@ -60,10 +60,14 @@ class Head(nn.Linear):
         for i, p in enumerate(parents):
             getattr(self, f"parent_{i}").copy_(torch.as_tensor(p, dtype=torch.int64))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) over the main partition (a hierarchy's combined log-probabilities)."""
+        return self.forward_outputs(x)["logits"]
+
+    def forward_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """``"logits"`` (B, K) for inference and ``"partition_logits"`` (the raw logits of each
-        partition, main first) for training."""
-        fine = super().forward(x)
+        partition, main first) for training, plus this head's other outputs."""
+        fine = F.linear(x, self.weight, self.bias)
         per_partition = [fine, *(head(x) for head in self.extra)]
         logits = fine
         if self.extra:
@@ -105,8 +109,8 @@ class HybridHead(Head):
         nn.init.zeros_(self.offset.weight)  # start at the centroid: the classifier's answer
         nn.init.zeros_(self.offset.bias)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        out = super().forward(x)
+    def forward_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        out = super().forward_outputs(x)
         out["offset"] = self.offset(x).unflatten(-1, (self.out_features, 2))
         return out
 

@@ -312,8 +312,8 @@ class GeoViT(nn.Module):
         """Every output: the head's (``"logits"`` (B,K), ``"partition_logits"``, and e.g.
         ``"offset"``), and ``"embedding"`` (B,D), the pooled features."""
         pooled = self.embed(x)
-        return {**self.head(self.dropout(pooled)), "embedding": pooled}
+        return {**self.head.forward_outputs(self.dropout(pooled)), "embedding": pooled}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B,3,S,S), normalized -> logits (B,K) (a hierarchy's combined log-probs)."""
-        return self.head(self.dropout(self.embed(x)))["logits"]
+        return self.head(self.dropout(self.embed(x)))
