@@ -168,7 +168,7 @@ def test_index_refuses_another_checkpoint(hybrid_checkpoint, gallery_file, photo
 
 
 def test_onnx_predictor_runs_hybrid_and_retrieval(hybrid_checkpoint, tiny_world, photos, tmp_path):
-    from geovit.evaluation import split_embeddings
+    from geovit.evaluation import index_split
     from geovit.export import export_onnx, load_predictor
 
     torch_pred = geovit.load(hybrid_checkpoint, device="cpu", point="hybrid")
@@ -183,12 +183,7 @@ def test_onnx_predictor_runs_hybrid_and_retrieval(hybrid_checkpoint, tiny_world,
         image=[str(tiny_world / "images" / "train" / f"{i}.jpg") for i in manifest["id"]],
         split="train",
     )
-    emb, rows, _ = split_embeddings(torch_pred, manifest)
-    lat, lon = rows["latitude"].to_numpy(), rows["longitude"].to_numpy()
-    cells = torch_pred.cells
-    Gallery.build(emb, lat, lon, cells.assign(lat, lon), len(cells), torch_pred.fingerprint()).save(
-        tmp_path / "g.faiss"
-    )
+    index_split(torch_pred, manifest).save(tmp_path / "g.faiss")
     retrieval = load_predictor(onnx, point="retrieval", index=tmp_path / "g.faiss")
     torch_ret = geovit.load(
         hybrid_checkpoint, device="cpu", point="retrieval", index=tmp_path / "g.faiss"

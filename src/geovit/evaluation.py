@@ -25,6 +25,7 @@ from geovit.data.images import ImageDataset, collate_skip_bad
 from geovit.data.shards import shard_split
 from geovit.errors import GeovitError
 from geovit.fileio import write_bytes, write_text
+from geovit.gallery import Gallery
 from geovit.geo import haversine_km
 from geovit.metrics import (
     CONCENTRATION_RADIUS_KM,
@@ -308,17 +309,19 @@ def split_logits(
     return np.concatenate([lg for _, lg in parts]), labels[idx]
 
 
-def split_embeddings(
+def index_split(
     predictor: Predictor,
     manifest: pd.DataFrame,
     split: str = "train",
     *,
+    ivf: int | None = None,
     batch_size: int = 64,
     workers: int = 0,
     progress: Progress | None = None,
-) -> tuple[np.ndarray, pd.DataFrame, int]:
-    """L2-normalized embeddings (N,D) of one split's readable images, their manifest rows (in
-    the same order) and how many images were unreadable: a retrieval gallery's input."""
+) -> Gallery:
+    """The retrieval gallery of one split: its readable images' embeddings (with the
+    predictor's test-time crops), points and cells, for this predictor's model only;
+    ``meta["n_unreadable"]`` counts the images that could not be read."""
     rows = split_rows(manifest, split)
     idx, emb, n_bad = [], [], 0
     for i, out, bad in stream_outputs(
@@ -332,7 +335,13 @@ def split_embeddings(
         raise GeovitError(
             f"none of the {len(rows)} {split!r} images could be read; check the image paths"
         )
-    return np.concatenate(emb), rows.iloc[np.concatenate(idx)].reset_index(drop=True), n_bad
+    good = rows.iloc[np.concatenate(idx)]
+    lat, lon = good["latitude"].to_numpy(np.float64), good["longitude"].to_numpy(np.float64)
+    cells = predictor.cells
+    return Gallery.build(
+        np.concatenate(emb), lat, lon, cells.assign(lat, lon), len(cells),
+        predictor.fingerprint(), ivf=ivf, n_unreadable=n_bad, split=split,
+    )  # fmt: skip
 
 
 def calibrate(

@@ -60,8 +60,7 @@ def index(
 ) -> None:
     """Embed a split's images with the checkpoint and store them, with their coordinates, as
     the gallery `--point retrieval --index FILE` searches (for this checkpoint only)."""
-    from geovit.evaluation import split_embeddings, split_rows
-    from geovit.gallery import Gallery
+    from geovit.evaluation import index_split, split_rows
     from geovit.predictor import Predictor
 
     ensure_writable(out.parent)
@@ -70,28 +69,21 @@ def index(
     columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
     manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
     with track(f"embedding {split}", len(split_rows(manifest, split))) as advance:
-        emb, rows, n_bad = split_embeddings(
-            predictor, manifest, split, batch_size=batch_size, workers=workers, progress=advance
-        )
-    lat, lon = rows["latitude"].to_numpy(), rows["longitude"].to_numpy()
-    gallery = Gallery.build(
-        emb,
-        lat,
-        lon,
-        predictor.cells.assign(lat, lon),
-        len(predictor.cells),
-        predictor.fingerprint(),
-        ivf=ivf,
-        n_unreadable=n_bad,
-        checkpoint=str(checkpoint),
-        split=split,
-    )
+        gallery = index_split(
+            predictor, manifest, split, ivf=ivf, batch_size=batch_size, workers=workers,
+            progress=advance,
+        )  # fmt: skip
+    gallery.meta["checkpoint"] = str(checkpoint)
     gallery.save(out)
     meta = gallery.meta
-    if n_bad:
-        err_console.print(f"[yellow]warning:[/] {n_bad} unreadable images skipped", highlight=False)
+    if meta["n_unreadable"]:
+        err_console.print(
+            f"[yellow]warning:[/] {meta['n_unreadable']} unreadable images skipped",
+            highlight=False,
+        )
     console.print(
         f"wrote {out}: {meta['n_images']:,} images ({meta['index']} index, "
-        f"{meta['n_outside_cells']} outside every cell left out, {n_bad} unreadable)",
+        f"{meta['n_outside_cells']} outside every cell left out, "
+        f"{meta['n_unreadable']} unreadable)",
         highlight=False,
     )
