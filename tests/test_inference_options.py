@@ -207,3 +207,23 @@ def test_server_answers_with_the_configured_point(tiny_checkpoint, photos):
     assert body["best_guess"] == pytest.approx({"lat": want.best_lat, "lon": want.best_lon})
     top1 = geovit.load(tiny_checkpoint, device="cpu", tta=2).predict(photos[0])
     assert (want.best_lat, want.best_lon) != (top1.best_lat, top1.best_lon)
+
+
+def test_evaluate_with_crops_scores_the_averaged_softmax(tiny_checkpoint, tiny_world):
+    from geovit.data.manifest import load_manifest
+    from geovit.evaluation import evaluate, split_rows
+
+    predictor = geovit.load(tiny_checkpoint, device="cpu", tta=3)
+    manifest, _ = load_manifest(tiny_world)
+    metrics = evaluate(predictor, manifest, "test", places=False, batch_size=16)
+    assert metrics["tta"] == 3 and metrics["point"] == "top1"
+    rows = split_rows(manifest, "test")
+    x = torch.stack([predictor.preprocess(p) for p in rows["image"]])  # (B,3 crops,3,S,S)
+    probs = predictor.predict_proba(x).double().numpy()
+    labels = predictor.cells.assign(rows["latitude"], rows["longitude"])
+    inside = labels >= 0
+    ce = -np.log(probs[inside, labels[inside]]).mean()
+    assert metrics["cross_entropy"] == pytest.approx(ce, rel=1e-5)
+    assert metrics["cell_accuracy"]["all_images"]["top1"] == pytest.approx(
+        np.mean(probs.argmax(1) == labels)
+    )
