@@ -131,7 +131,16 @@ def test_train_flags_reach_trainconfig_as_plain_values():
     assert type(cfg.scheduler) is str and type(cfg.monitor) is str  # checkpoints hold no Enum
 
 
-DATASET_COMMANDS = ["cells build", "evaluate", "calibrate", "report", "card", "shards", "train"]
+DATASET_COMMANDS = [
+    "cells build",
+    "evaluate",
+    "calibrate",
+    "report",
+    "card",
+    "shards",
+    "train",
+    "index",
+]
 
 
 @pytest.mark.parametrize("path", DATASET_COMMANDS)

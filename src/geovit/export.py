@@ -24,7 +24,7 @@ from geovit.checkpoint import LoadedCheckpoint, check_values, contract_fields, l
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write
 from geovit.modelfolder import write_folder
-from geovit.predictor import Predictor
+from geovit.predictor import Predictor, model_fingerprint
 
 SIDECAR_FORMAT = "geovit-onnx/1"
 METADATA_KEY = "geovit"
@@ -104,6 +104,7 @@ def export_onnx(
             train=ckpt.train,
             temperature=ckpt.temperature,
         ),
+        "fingerprint": model_fingerprint(ckpt.model),  # a retrieval gallery's model check
     }
     program.model.metadata_props[METADATA_KEY] = json.dumps(sidecar)
     atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
@@ -170,8 +171,13 @@ class _OrtModule(torch.nn.Module):
         self.input_name = input_name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_outputs(x)[OUTPUT_NAME]
+
+    def forward_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every exported output by name (GeoViT.forward_outputs' names), the first as logits."""
         feed = {self.input_name: x.detach().float().cpu().contiguous().numpy()}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        names = [OUTPUT_NAME] + [o.name for o in self.session.get_outputs()[1:]]
+        return dict(zip(names, map(torch.from_numpy, self.session.run(None, feed)), strict=True))
 
 
 class OnnxPredictor(Predictor):
@@ -180,6 +186,8 @@ class OnnxPredictor(Predictor):
     Same preprocess / predict_proba / predict / decode API as the torch Predictor (it inherits
     them), so the evaluation, the server and the CLI take either.
     """
+
+    exported_fingerprint: str | None = None
 
     @classmethod
     def from_onnx(
@@ -214,7 +222,7 @@ class OnnxPredictor(Predictor):
                 f"{path} maps input {shape} to logits {logits} but its metadata says "
                 f"{size}px images and {len(cells)} cells: re-run `geovit export`"
             )
-        return cls(
+        predictor = cls(
             _OrtModule(session, session.get_inputs()[0].name),
             cells,
             meta["mean"],
@@ -224,6 +232,17 @@ class OnnxPredictor(Predictor):
             device="cpu",
             batch_size=batch_size,
         )
+        predictor.exported_fingerprint = meta.get("fingerprint")
+        return predictor
+
+    def fingerprint(self) -> str:
+        """The exported model's weight fingerprint, recorded by `geovit export`."""
+        if not self.exported_fingerprint:
+            raise GeovitError(
+                "this ONNX model records no weight fingerprint (exported by an older geovit), "
+                "so no gallery can be checked against it; re-run `geovit export`"
+            )
+        return str(self.exported_fingerprint)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: Any = None) -> OnnxPredictor:
@@ -231,8 +250,9 @@ class OnnxPredictor(Predictor):
         return cls.from_onnx(path)
 
 
-def load_predictor(path: str | os.PathLike) -> Predictor:
-    """A Predictor for a checkpoint, or an OnnxPredictor for an exported ``.onnx`` file."""
+def load_predictor(path: str | os.PathLike, **options: Any) -> Predictor:
+    """A Predictor for a checkpoint, or an OnnxPredictor for an exported ``.onnx`` file;
+    ``options`` (point, index, tta) go to :meth:`Predictor.configure`."""
     if Path(path).suffix.lower() == ".onnx":
-        return OnnxPredictor.from_onnx(path)
-    return Predictor.from_checkpoint(path)
+        return OnnxPredictor.from_onnx(path).configure(**options)
+    return Predictor.from_checkpoint(path).configure(**options)

@@ -6,13 +6,16 @@
     results = model.predict_many(["a.jpg", "b.jpg"])   # -> a list, one Prediction per image
 
 Probabilities are softmax(logits / T) with the checkpoint's fitted temperature (1.0 until
-``geovit calibrate``). The best guess is the top cell's centroid: the spherical mean of that
-cell's training photos, which is where the model's evaluation distances are measured from.
+``geovit calibrate``), averaged over ``tta`` test-time crops. The best guess comes from the
+predictor's point estimator (geovit.points; ``configure(point=...)``): by default the top
+cell's centroid, the spherical mean of that cell's training photos.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +27,12 @@ import torch
 from PIL import Image
 
 from geovit.cells import CellPartition
-from geovit.data.images import build_transform, load_image
+from geovit.data.images import build_transform, load_image, tta_transform
 from geovit.data.refs import IMAGE_SUFFIXES, ZIP_SEP, open_zip, split_ref
 from geovit.errors import GeovitError
+from geovit.gallery import Gallery
 from geovit.metrics import topk_indices
+from geovit.points import DEFAULT_POINT, PointEstimator, make_point
 
 if TYPE_CHECKING:
     from geovit.checkpoint import LoadedCheckpoint
@@ -49,6 +54,7 @@ class Prediction:
     best_lat: float
     best_lon: float
     all_probs: np.ndarray | None = field(default=None, repr=False)
+    point: str = DEFAULT_POINT  # the estimator of the best guess (geovit.points)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: best guess plus one entry per top-k cell; the one shape of a prediction
@@ -98,6 +104,36 @@ class Predictor:
         self.temperature = float(temperature)
         self.batch_size = int(batch_size)
         self.transform = build_transform(self.image_size, self.mean, self.std, train=False)
+        self.configure()
+
+    def configure(
+        self,
+        point: str = DEFAULT_POINT,
+        index: str | os.PathLike | None = None,
+        tta: int = 1,
+    ) -> Predictor:
+        """Choose how predictions are made (returns self): the best guess's ``point`` estimator
+        (geovit.points; ``retrieval`` needs the gallery ``index`` built for this model by
+        ``geovit index``) and ``tta``, the number of test-time crops whose softmax is averaged.
+        A model lacking an output the estimator needs fails here, in one line."""
+        gallery = None if index is None else Gallery.load(index, self.fingerprint())
+        estimator = make_point(point, self.cells, gallery)
+        self.tta = int(tta)
+        # `transform` stays one crop (explanations occlude one image); preprocess adds crops.
+        self.input_transform = (
+            self.transform
+            if self.tta == 1
+            else tta_transform(self.image_size, self.mean, self.std, self.tta)
+        )
+        if estimator.needs:
+            self.infer(torch.zeros(1, 3, self.image_size, self.image_size), estimator.needs)
+        self.point: PointEstimator = estimator
+        return self
+
+    def fingerprint(self) -> str:
+        """The model's identity: SHA-256 of its weights (names, dtypes, shapes, bytes); the
+        retrieval gallery records it to refuse another model's embeddings."""
+        return model_fingerprint(self.model)
 
     @classmethod
     def from_checkpoint(
@@ -124,8 +160,9 @@ class Predictor:
         )
 
     def preprocess(self, img: ImageInput) -> torch.Tensor:
-        """A PIL image, a path (or "ARCHIVE.zip::member") or encoded bytes -> float (3,S,S)."""
-        return self.transform(load_image(img))
+        """A PIL image, a path (or "ARCHIVE.zip::member") or encoded bytes -> float (3,S,S),
+        or (tta,3,S,S) with test-time crops."""
+        return self.input_transform(load_image(img))
 
     def logits(self, x: torch.Tensor, scaled: bool = True) -> torch.Tensor:
         """Logits (B,K) in float32 on the CPU, divided by the temperature unless ``scaled=False``
@@ -134,18 +171,68 @@ class Predictor:
             out = self.model(x.to(self.device, non_blocking=True)).float().cpu()
         return out / self.temperature if scaled else out
 
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Cell probabilities (B,K) = softmax(logits / T)."""
-        return torch.softmax(self.logits(x), dim=-1)
+    def infer(
+        self, x: torch.Tensor, need: frozenset[str] | set[str] = frozenset()
+    ) -> dict[str, torch.Tensor]:
+        """Float32 CPU outputs of images (B,3,S,S) or of crops of them (B,N,3,S,S): "probs"
+        (B,K) = softmax(logits / T), for crops the mean of the per-crop softmaxes, and
+        "log_probs" its log, plus the model outputs named in ``need`` ("embedding",
+        L2-normalized; "offset"), averaged over the crops."""
+        crops = x.shape[1] if x.ndim == 5 else 1
+        flat = x.flatten(0, 1) if x.ndim == 5 else x
+        with torch.inference_mode():
+            flat = flat.to(self.device, non_blocking=True)
+            raw = self.model.forward_outputs(flat) if need else {"logits": self.model(flat)}
+            missing = sorted(set(need) - set(raw))
+            if missing:
+                raise GeovitError(
+                    f"this model has no {' or '.join(missing)} output, which the chosen --point "
+                    "needs; train a model with that head, or choose another --point"
+                )
+            # (B,N,...): the crops of each image side by side, averaged below
+            out = {k: raw[k].float().cpu().unflatten(0, (-1, crops)) for k in ("logits", *need)}
+        z = out.pop("logits") / self.temperature
+        if crops == 1:
+            result = {
+                "probs": torch.softmax(z[:, 0], -1),
+                "log_probs": torch.log_softmax(z[:, 0], -1),
+            }
+        else:
+            result = {
+                "probs": torch.softmax(z, -1).mean(dim=1),
+                "log_probs": torch.logsumexp(torch.log_softmax(z, -1), dim=1) - math.log(crops),
+            }
+        for name in need:
+            result[name] = out[name].mean(dim=1)
+        if "embedding" in result:
+            result["embedding"] = torch.nn.functional.normalize(result["embedding"], dim=-1)
+        return result
 
-    def decode(self, probs: np.ndarray, top_k: int = 5, keep_all: bool = False) -> list[Prediction]:
-        """Top-k cells of each row of a probability matrix (B,K)."""
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Cell probabilities (B,K) = softmax(logits / T) (crops (B,N,3,S,S): their mean)."""
+        return self.infer(x)["probs"]
+
+    def estimate(self, x: torch.Tensor) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Probabilities (B,K) and the point estimator's (lat, lon) of a batch."""
+        out = {k: v.numpy() for k, v in self.infer(x, self.point.needs).items()}
+        return out["probs"], self.point.locate(out)
+
+    def decode(
+        self,
+        probs: np.ndarray,
+        top_k: int = 5,
+        keep_all: bool = False,
+        best: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[Prediction]:
+        """Top-k cells of each row of a probability matrix (B,K); the best guess is ``best``
+        (lat, lon) per row, or the top cell's centroid."""
         probs = np.asarray(probs, dtype=np.float64)
         top = topk_indices(probs, top_k)
         tokens = self.cells.tokens
         out = []
-        for row, idx in zip(probs, top, strict=True):
+        for i, (row, idx) in enumerate(zip(probs, top, strict=True)):
             lat, lon = self.cells.centroid_lat[idx], self.cells.centroid_lon[idx]
+            best_lat, best_lon = (lat[0], lon[0]) if best is None else (best[0][i], best[1][i])
             out.append(
                 Prediction(
                     indices=idx,
@@ -155,20 +242,21 @@ class Predictor:
                     lon=lon,
                     names=[str(n) for n in self.cells.names[idx]],
                     levels=[int(v) for v in self.cells.levels[idx]],
-                    best_lat=float(lat[0]),
-                    best_lon=float(lon[0]),
+                    best_lat=float(best_lat),
+                    best_lon=float(best_lon),
                     all_probs=row if keep_all else None,
+                    point=self.point.name if best is not None else DEFAULT_POINT,
                 )
             )
         return out
 
     def predict_tensors(self, x: torch.Tensor, top_k: int = 5) -> list[Prediction]:
-        """Predictions for preprocessed images (B,3,S,S), in batches of ``batch_size``."""
+        """Predictions for preprocessed images (B,3,S,S) (or their crops (B,N,3,S,S)), in
+        batches of ``batch_size``."""
         out: list[Prediction] = []
         for start in range(0, len(x), self.batch_size):
-            out += self.decode(
-                self.predict_proba(x[start : start + self.batch_size]).numpy(), top_k
-            )
+            probs, best = self.estimate(x[start : start + self.batch_size])
+            out += self.decode(probs, top_k, best=best)
         return out
 
     @overload
@@ -189,8 +277,8 @@ class Predictor:
         """
         if isinstance(img, list | tuple):
             return self.predict_many(img, top_k)
-        x = self.preprocess(img)[None]
-        return self.decode(self.predict_proba(x).numpy(), top_k, keep_all=True)[0]
+        probs, best = self.estimate(self.preprocess(img)[None])
+        return self.decode(probs, top_k, keep_all=True, best=best)[0]
 
     def predict_many(self, images: Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:
         """One Prediction per image, in order (always a list, empty for no images)."""
@@ -199,9 +287,27 @@ class Predictor:
         return self.predict_tensors(torch.stack([self.preprocess(i) for i in images]), top_k)
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None) -> Predictor:
-    """``geovit.load(CKPT)``: a Predictor for a checkpoint."""
-    return Predictor.from_checkpoint(path, device=device)
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 (hex, 16 digits) of a model's weights: names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    *,
+    point: str = DEFAULT_POINT,
+    index: str | os.PathLike | None = None,
+    tta: int = 1,
+) -> Predictor:
+    """``geovit.load(CKPT)``: a Predictor for a checkpoint (``point``, ``index``, ``tta``: see
+    :meth:`Predictor.configure`)."""
+    return Predictor.from_checkpoint(path, device=device).configure(point, index, tta)
 
 
 def _zip_images(ref: str) -> list[str]:

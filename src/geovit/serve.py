@@ -71,6 +71,8 @@ class ServablePredictor(Protocol):
     mean: Any
     std: Any
     transform: Any  # decoded uint8 (3,H,W) -> model input, what preprocess applies after decoding
+    point: Any  # the best guess's estimator (geovit.points), set by Predictor.configure
+    tta: int  # test-time crops whose softmax is averaged
 
     def preprocess(self, img: Any) -> Any: ...
 
@@ -380,6 +382,8 @@ def create_app(
             "image_size": int(predictor.image_size),
             "backend": backend,
             "top_k": k,
+            "point": predictor.point.name,
+            "tta": predictor.tta,
             "max_bytes": max_bytes,
             "max_pixels": max_pixels,
             "geovit_version": __version__,

@@ -11,6 +11,7 @@ from geovit.cli import (  # noqa: F401  (importing registers the commands)
     evaluate,
     explain,
     export,
+    index,
     map,
     predict,
     push,

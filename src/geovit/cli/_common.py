@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from geovit.dataset_options import FORMATS, SPLITS, VAL_SPLITS, DatasetOptions
 from geovit.errors import GeovitError
+from geovit.points import DEFAULT_POINT, POINTS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,6 +119,21 @@ DATASET_OPTIONS = (
 )  # fmt: skip
 dataset_options = grouped(
     "dataset", DATASET_OPTIONS, lambda **v: DatasetOptions(**{k: plain(x) for k, x in v.items()})
+)
+
+
+Point = choices("Point", POINTS)
+# How predictions are made (Predictor.configure's arguments): predict, evaluate and serve.
+INFERENCE_OPTIONS = (
+    option("point", Point, typer.Option(
+        Point(DEFAULT_POINT), help="Best-guess point estimator (geovit.points).")),
+    option("index", Path | None, typer.Option(
+        None, help="Gallery from `geovit index` for --point retrieval (same checkpoint).")),
+    option("tta", int, typer.Option(
+        1, min=1, help="Average the softmax over this many test-time crops.")),
+)  # fmt: skip
+inference_options = grouped(
+    "inference", INFERENCE_OPTIONS, lambda **v: {k: plain(x) for k, x in v.items()}
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -18,6 +19,7 @@ from geovit.cli._common import (
     console,
     dataset_options,
     friendly,
+    inference_options,
     load_split_manifest,
     set_threads,
     track,
@@ -42,6 +44,7 @@ def _parse_ks(text: str) -> tuple[int, ...]:
 @app.command()
 @friendly
 @dataset_options
+@inference_options
 def evaluate(
     checkpoint: Path = CHECKPOINT,
     data: Path = DATA,
@@ -60,6 +63,7 @@ def evaluate(
     threads: int = THREADS,
     *,
     dataset: DatasetOptions,
+    inference: dict[str, Any],
 ) -> None:
     """Score a checkpoint on one split: cell accuracy, distances, places, calibration."""
     from geovit.evaluation import evaluate as run_evaluation
@@ -69,7 +73,7 @@ def evaluate(
     ks = _parse_ks(accuracy_at)
     ensure_writable(out)
     set_threads(threads, workers)
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint).configure(**inference)
     manifest, _ = load_split_manifest(data, dataset)
     with track(f"evaluating {split}", len(split_rows(manifest, split))) as advance:
         metrics = run_evaluation(
@@ -83,6 +87,8 @@ def evaluate(
             progress=advance,
         )
     metrics["checkpoint"] = str(checkpoint)
+    if inference["index"] is not None:
+        metrics["index"] = inference["index"]
     for title, header, rows in summary_tables(metrics):
         table = Table(*header, title=title, title_justify="left")
         for row in rows:

@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from geovit.cli._app import app
-from geovit.cli._common import THREADS, choices, console, err_console, friendly, set_threads
+from geovit.cli._common import (
+    THREADS,
+    choices,
+    console,
+    err_console,
+    friendly,
+    inference_options,
+    set_threads,
+)
 from geovit.errors import GeovitError
 
 if TYPE_CHECKING:
@@ -58,6 +66,7 @@ def _geojson(predictor: Predictor, results: list[tuple[str, Prediction]]) -> dic
 
 @app.command()
 @friendly
+@inference_options
 def predict(
     images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     checkpoint: Path | None = typer.Option(
@@ -71,6 +80,8 @@ def predict(
         OutputFormat.table, "--format", "-f", help="What to print: a table, JSON or GeoJSON."
     ),
     threads: int = THREADS,
+    *,
+    inference: dict[str, Any],
 ) -> None:
     """Where was each photo taken? Top-k cells with probabilities and a best-guess point."""
     from geovit.export import load_predictor
@@ -83,7 +94,7 @@ def predict(
         raise GeovitError(f"no images to predict: {problems[0][0]}: {problems[0][1]}")
     if checkpoint is not None:
         set_threads(threads)
-    predictor = load_predictor(checkpoint or onnx)
+    predictor = load_predictor(checkpoint or onnx, **inference)
     results = predict_files(predictor, paths, top_k=top_k)
     failed = problems + [(p, r) for p, r in results if isinstance(r, str)]
     good = [(p, r) for p, r in results if not isinstance(r, str)]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from geovit.cli._app import app
-from geovit.cli._common import console, err_console, friendly
+from geovit.cli._common import console, err_console, friendly, inference_options
 
 
 def _is_loopback(host: str) -> bool:
@@ -20,6 +21,7 @@ def _is_loopback(host: str) -> bool:
 
 @app.command()
 @friendly
+@inference_options
 def serve(
     checkpoint: Path = typer.Option(
         ..., "--checkpoint", "-c", help="checkpoint (.pt / .ckpt) or exported model.onnx"
@@ -31,12 +33,14 @@ def serve(
     max_megapixels: float = typer.Option(
         40.0, "--max-megapixels", min=0.001, help="largest image, megapixels (decompression bombs)"
     ),
+    *,
+    inference: dict[str, Any],
 ) -> None:
     """Serve the web page (/) and the HTTP API (/predict, /explain, /cells, /health, /docs)."""
     from geovit.export import load_predictor
     from geovit.serve import create_app, run
 
-    predictor = load_predictor(checkpoint)
+    predictor = load_predictor(checkpoint, **inference)
     web_app = create_app(
         predictor,
         max_bytes=int(max_mb * 1e6),
