@@ -268,7 +268,7 @@ def test_16_bit_png_keeps_its_brightness() -> None:
 
 def test_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
     """A crafted progressive JPEG repeats scans thousands of times to stall the decoder."""
-    from geovit.data.images import MAX_JPEG_SCANS
+    from geovit.data.pixels import MAX_JPEG_SCANS
 
     data = encode(Image.fromarray(street_like()), progressive=True)
     normal_scans = data.count(b"\xff\xda")

@@ -73,11 +73,11 @@ def stream_logits(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
-        pin_memory=predictor.device.type == "cuda",
+        pin_memory=torch.device(predictor.device).type == "cuda",
     )
     for batch in loader:
         idx = batch["index"].numpy()
-        logits = predictor.logits(batch["image"], scaled=scaled).numpy() if len(idx) else None
+        logits = np.asarray(predictor.logits(batch["image"], scaled=scaled)) if len(idx) else None
         if progress is not None:
             progress(len(idx) + batch["n_bad"])
         yield idx, logits, int(batch["n_bad"])

@@ -239,6 +239,8 @@ def explain_image(
     auto_patch, auto_stride = occlusion_window(int(x.shape[-1]))
     patch = patch or auto_patch
     stride = stride or min(auto_stride, patch)
+    # bf16 in the CNN only (see the module docstring); an ONNX model has no torch CNN
+    cnn = getattr(getattr(predictor, "model", None), "cnn", None)
     heat = occlusion(
         predictor.predict_proba,
         x,
@@ -248,8 +250,7 @@ def explain_image(
         fill=parse_fill(fill, predictor.mean, predictor.std),
         batch_size=batch_size,
         fast=fast,
-        # bf16 in the CNN only (see the module docstring); an ONNX model has no torch CNN
-        bf16_modules=[cnn] if (cnn := getattr(predictor.model, "cnn", None)) is not None else None,
+        bf16_modules=[cnn] if cnn is not None else None,
     )
     return Explanation(
         heatmap=heat.cpu().numpy(),

@@ -68,6 +68,11 @@ IMAGE_TEMPLATE = typer.Option(
     "--image-template",
     help='Image path built from table columns, e.g. "images/{id}.jpg" (tables only).',
 )
+CACHE_DIR = typer.Option(
+    None,
+    "--cache-dir",
+    help="Local cache for --data s3://... shards (default: $GEOVIT_CACHE or ~/.cache/geovit).",
+)
 SEP = typer.Option(None, "--sep", help="CSV field separator, e.g. ';' (default: detected).")
 ENCODING = typer.Option(None, "--encoding", help="CSV text encoding, e.g. latin-1 (default utf-8).")
 
@@ -102,18 +107,20 @@ def load_split_manifest(
     val_split: str,
     split_seed: int,
     columns: TableColumns | None = None,
+    cache_dir: Path | None = None,
     **options: Any,
 ) -> tuple[pd.DataFrame, ManifestReport]:
     """Read DATA with the val hold-out of training; the report's lines go to stderr.
 
     `options` go to load_manifest as they are (e.g. need_images, test_fraction). Shards
-    (`geovit shards`) carry their table and the hold-out they were written with.
+    (`geovit shards`, a folder or an object-store URL mirrored in `cache_dir`) carry their
+    table and the hold-out they were written with.
     """
     from geovit.data.manifest import ManifestReport, load_manifest
-    from geovit.data.shards import is_shards, read_shard_manifest
+    from geovit.data.shards import open_shards, read_shard_manifest
 
-    if is_shards(data):
-        manifest = read_shard_manifest(data)
+    if (root := open_shards(data, cache_dir)) is not None:
+        manifest = read_shard_manifest(root)
         err_console.print(f"shards {data}: {len(manifest):,} images, hold-out as written")
         report = ManifestReport(source=str(data), fmt="shards", n_read=len(manifest))
         report.splits = manifest["split"].value_counts().to_dict()

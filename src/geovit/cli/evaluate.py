@@ -13,6 +13,7 @@ from rich.table import Table
 from geovit.cli._app import app
 from geovit.cli._common import (
     BATCH_SIZE,
+    CACHE_DIR,
     CHECKPOINT,
     DATA,
     DATA_FORMAT,
@@ -39,7 +40,7 @@ from geovit.errors import GeovitError
 from geovit.fileio import ensure_writable
 
 if TYPE_CHECKING:
-    from geovit.predictor import Prediction, Predictor
+    from geovit.prediction import Prediction, PredictorBase
 
 FORMATS = ("table", "json", "geojson")
 
@@ -82,6 +83,7 @@ def evaluate(
     val_fraction: float = VAL_FRACTION,
     val_split: str = VAL_SPLIT,
     split_seed: int = SPLIT_SEED,
+    cache_dir: Path = CACHE_DIR,
 ) -> None:
     """Score a checkpoint on one split: cell accuracy, distances, places, calibration."""
     from geovit.evaluation import evaluate as run_evaluation
@@ -93,7 +95,9 @@ def evaluate(
     set_threads(threads, workers)
     predictor = Predictor.from_checkpoint(checkpoint)
     columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
+    manifest, _ = load_split_manifest(
+        data, fmt, val_fraction, val_split, split_seed, columns, cache_dir=cache_dir
+    )
     with track(f"evaluating {split}", len(split_rows(manifest, split))) as advance:
         metrics = run_evaluation(
             predictor,
@@ -234,7 +238,7 @@ def _prediction_table(path: str, pred: Prediction) -> Table:
     return table
 
 
-def _geojson(predictor: Predictor, results: list[tuple[str, Prediction]]) -> dict:
+def _geojson(predictor: PredictorBase, results: list[tuple[str, Prediction]]) -> dict:
     """Each image's top-k cells as polygons with their probability, plus its best-guess point."""
     from geovit.maps import cells_geojson
 
@@ -274,8 +278,8 @@ def predict(
     threads: int = THREADS,
 ) -> None:
     """Where was each photo taken? Top-k cells with probabilities and a best-guess point."""
-    from geovit.export import load_predictor
-    from geovit.predictor import expand_images, predict_files
+    from geovit.onnxmodel import load_predictor
+    from geovit.prediction import expand_images, predict_files
 
     if (checkpoint is None) == (onnx is None):
         raise GeovitError("pass exactly one of --checkpoint CKPT or --onnx model.onnx")

@@ -39,7 +39,7 @@ def serve(
     ),
 ) -> None:
     """Serve the web page (/) and the HTTP API (/predict, /explain, /cells, /health, /docs)."""
-    from geovit.export import load_predictor
+    from geovit.onnxmodel import load_predictor
     from geovit.serve import create_app, run
 
     predictor = load_predictor(checkpoint)

@@ -9,6 +9,7 @@ import typer
 
 from geovit.cli._app import app
 from geovit.cli._common import (
+    CACHE_DIR,
     DATA,
     DATA_FORMAT,
     ENCODING,
@@ -96,6 +97,7 @@ def train(
     image_template: str = IMAGE_TEMPLATE,
     sep: str = SEP,
     encoding: str = ENCODING,
+    cache_dir: Path = CACHE_DIR,
     limit_train_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     limit_val_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
@@ -159,15 +161,18 @@ def train(
             vit_weights=str(vit_weights) if vit_weights else None,
             image_size=image_size,
         )
-    from geovit.data.shards import is_shards
+    from geovit.data.shards import open_shards
 
+    root = open_shards(data, cache_dir)  # shards: a folder, or the local mirror of a URL's
     columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
+    manifest, _ = load_split_manifest(
+        root or data, fmt, val_fraction, val_split, split_seed, columns
+    )
     build = build_datamodule
-    if is_shards(data):  # streamed from the shards
+    if root is not None:  # streamed from the shards
         from geovit.streaming import build_shard_datamodule
 
-        build = functools.partial(build_shard_datamodule, root=data)
+        build = functools.partial(build_shard_datamodule, root=root)
     result, data_report = run_training(
         manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build,
         notify=rank_zero_only(lambda line: console.print(line, highlight=False, soft_wrap=True)),
