@@ -27,6 +27,7 @@ from geovit.checkpoint import CONTRACT_KEYS, load_checkpoint, set_temperature
 from geovit.cli import app
 from geovit.errors import GeovitError
 from geovit.export import export_onnx
+from geovit.heads import HEADS
 from geovit.onnxmodel import METADATA_KEY, OnnxPredictor, load_predictor, sidecar_path
 from geovit.predictor import Predictor
 from geovit.serve import create_app
@@ -256,3 +257,32 @@ def test_cli_serve_defaults_to_loopback_and_takes_an_onnx_model(exported, monkey
     with TestClient(started["app"]) as client:
         health = client.get("/health").json()
     assert health["backend"] == "OnnxPredictor" and health["max_bytes"] == 1_000_000
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_every_head_exports_all_its_outputs(head, tiny_cells, tmp_path):
+    """Each registered head, with a coarser partition: the ONNX file returns the torch model's
+    logits (the hierarchy combined), the head's other outputs and the embedding, by name."""
+    from geovit.cells import CellPartition
+    from geovit.checkpoint import save_checkpoint
+    from geovit.model import GeoViT, model_config
+
+    cells = CellPartition.load(tiny_cells)
+    coarse = CellPartition.build(cells.centroid_lat, cells.centroid_lon, t1=10, t2=1, max_level=3)
+    cfg = model_config("small", len(cells), image_size=32, head=head,
+                       extra_classes=[len(coarse)])  # fmt: skip
+    torch.manual_seed(0)
+    model = GeoViT(cfg).eval()
+    model.head.set_parents([torch.from_numpy(cells.parents_in(coarse))])
+    ckpt = save_checkpoint(tmp_path / "model.pt", model, cells, extra_cells=[coarse])
+    out = export_onnx(ckpt, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {"image": x.numpy()}), strict=True))
+    with torch.no_grad():
+        want = model.forward_outputs(x)
+    assert names[0] == "logits" and set(names) == {*HEADS[head].outputs, "embedding"}
+    for name in names:
+        np.testing.assert_allclose(got[name], want[name].numpy(), rtol=1e-4, atol=1e-4)
+    assert embedded(out)["outputs"] == names

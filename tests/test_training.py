@@ -91,6 +91,8 @@ def toy_run(
     callbacks=(),
     resume=None,
     overwrite=False,
+    model_overrides=None,
+    extra_cells=(),
     **overrides,
 ):
     cells = toy_cells()
@@ -100,10 +102,12 @@ def toy_run(
     )  # fmt: skip
     cfg = TrainConfig(**{**defaults, **overrides})
     L.seed_everything(cfg.seed, verbose=False)  # as geovit.training.train does
-    module = GeoViTModule(model_config("small", K, image_size=SIZE), cells, cfg)
+    mcfg = model_config("small", K, image_size=SIZE, **(model_overrides or {}))
+    module = GeoViTModule(mcfg, cells, cfg, extra_cells=extra_cells)
     val = ToyImages(cells, n_val, seed=2)
+    train = ToyImages(cells, n_train, seed=1)
     dm = GeoDataModule(
-        ToyImages(cells, n_train, seed=1), val, val.coords, batch_size=cfg.batch_size, seed=cfg.seed
+        train, val, val.coords, train_coords=train.coords, batch_size=cfg.batch_size, seed=cfg.seed
     )
     result = fit(
         module, dm, out, resume=resume, progress=False, callbacks=callbacks, overwrite=overwrite
@@ -420,3 +424,25 @@ def test_unknown_monitor_names_the_valid_ones():
         TrainConfig(monitor="val/acc")
     result = CliRunner().invoke(app, ["train", "--data", "x", "--out", "y", "--monitor", "acc"])
     assert result.exit_code == 2 and "val/geoscore" in result.output
+
+
+def test_hybrid_head_haversine_loss_and_a_coarser_partition_train_together(tmp_path: Path):
+    """The issue's options at once: every loss term is logged and learns, the offsets move from
+    zero, and model.pt keeps the head, the coarse cells and the fine -> coarse parents."""
+    rng = np.random.default_rng(1)
+    pts = np.repeat(PLACES, 20, axis=0) + rng.normal(0, 0.5, (20 * K, 2))
+    coarse = CellPartition.build(pts[:, 0], pts[:, 1], t1=10**6, t2=1, min_level=1, max_level=1)
+    _, result = toy_run(
+        tmp_path, model_overrides={"head": "hybrid", "extra_classes": [len(coarse)]},
+        extra_cells=[coarse], loss="haversine", tau=500.0, freeze_epochs=0,
+    )  # fmt: skip
+    logged = pd.read_csv(tmp_path / "logs" / "version_0" / "metrics.csv")
+    for term in ("train/loss_cls", "train/loss_cls1", "train/loss_offset"):
+        values = logged[term].dropna().to_numpy()
+        assert len(values) == 3 and np.isfinite(values).all(), term
+    ckpt = load_checkpoint(result.model_path)
+    assert ckpt.config.head == "hybrid" and [len(c) for c in ckpt.extra_cells] == [len(coarse)]
+    assert ckpt.model.head.offset.weight.abs().sum() > 0  # initialised at zero: it learned
+    parents = ckpt.cells.parents_in(coarse)
+    assert torch.equal(ckpt.model.head.parent_0, torch.from_numpy(parents))
+    assert ckpt.train["config"]["loss"] == "haversine"

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 # pandas and pyarrow are imported where used: the CLI imports this module for its defaults, and
 # `geovit --help` must not pay for them.
-from geovit.geo import latlon_to_xyz, xyz_to_latlon
+from geovit.geo import from_tangent, haversine_km, latlon_to_xyz, to_tangent, xyz_to_latlon
 
 T1_DEFAULT = 100
 T2_DEFAULT = 20
@@ -212,6 +212,12 @@ class CellPartition:
         return _read_only(s2.cell_id_to_token(self.cell_ids))
 
     @cached_property
+    def scale_km(self) -> np.ndarray:
+        """Each cell's size, sqrt(area) in km (float64, read-only): the unit of the offset head's
+        targets, so one regression scale fits cells from 1 km to 1,000 km across."""
+        return _read_only(np.sqrt(s2.cell_area_km2(self.cell_ids)))
+
+    @cached_property
     def _corners_xyz(self) -> np.ndarray:
         return _read_only(s2.cell_vertices_xyz(self.cell_ids))
 
@@ -239,6 +245,39 @@ class CellPartition:
         out = np.full(lat.size, -1, dtype=np.int64)
         out[ok] = self.assign_leaf_ids(s2.latlon_to_cell_id(lat[ok], lon[ok]))
         return out
+
+    def offsets(self, labels: ArrayLike, lat: ArrayLike, lon: ArrayLike) -> np.ndarray:
+        """(n, 2) offsets of points from their cell's centroid: (east, north) in the centroid's
+        tangent plane (geo.to_tangent), in units of the cell's ``scale_km``. The offset head's
+        regression target; rows with label -1 get NaN (no cell to be relative to)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        lat = np.asarray(lat, dtype=np.float64)
+        lon = np.asarray(lon, dtype=np.float64)
+        out = np.full((labels.size, 2), np.nan)
+        ok = labels >= 0
+        k = labels[ok]
+        east, north = to_tangent(self.centroid_lat[k], self.centroid_lon[k], lat[ok], lon[ok])
+        out[ok] = np.stack([east, north], axis=-1) / self.scale_km[k, None]
+        return out
+
+    def points_at(self, labels: ArrayLike, offsets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """Degrees (lat, lon) of offsets (..., 2) from cells ``labels`` (...): the inverse of
+        :meth:`offsets`, how the hybrid head's prediction becomes a point."""
+        k = np.asarray(labels, dtype=np.int64)
+        off = np.asarray(offsets, dtype=np.float64) * self.scale_km[k][..., None]
+        return from_tangent(self.centroid_lat[k], self.centroid_lon[k], off[..., 0], off[..., 1])
+
+    def parents_in(self, coarse: CellPartition) -> np.ndarray:
+        """For each class, the class of ``coarse`` that contains its S2 cell center, or, for a
+        cell the coarse partition pruned, the coarse class with the nearest centroid: every
+        fine cell gets one parent, so a hierarchy's product of probabilities covers them all."""
+        parent = coarse.assign(self.center_lat, self.center_lon)
+        for i in np.nonzero(parent < 0)[0]:  # rare: only cells the coarse partition pruned
+            d = haversine_km(
+                self.center_lat[i], self.center_lon[i], coarse.centroid_lat, coarse.centroid_lon
+            )
+            parent[i] = int(np.argmin(d))
+        return parent
 
     def to_frame(self) -> pd.DataFrame:
         """One row per class (class order), plus the partition's settings as constant columns."""

@@ -10,6 +10,7 @@ same keys (their ``state_dict`` is the LightningModule's, so its keys start with
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class LoadedCheckpoint:
     temperature: float = 1.0
     train: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict, repr=False)
+    extra_cells: tuple[CellPartition, ...] = ()  # coarser partitions trained at once
 
 
 def cells_to_dict(cells: CellPartition) -> dict[str, list]:
@@ -59,16 +61,29 @@ def cells_to_dict(cells: CellPartition) -> dict[str, list]:
 
 
 def contract_fields(
-    model: GeoViT, cells: CellPartition, *, train: dict | None = None, temperature: float = 1.0
+    model: GeoViT,
+    cells: CellPartition,
+    *,
+    extra_cells: Sequence[CellPartition] = (),
+    train: dict | None = None,
+    temperature: float = 1.0,
 ) -> dict:
-    """Every contract key except ``state_dict``: what a Lightning checkpoint adds to its own."""
+    """Every contract key except ``state_dict``: what a Lightning checkpoint adds to its own
+    (and ``extra_cells``, the coarser partitions of a multi-partition model, when it has any)."""
     if len(cells) != model.config.num_classes:
         raise GeovitError(
             f"model predicts {model.config.num_classes} classes but the cell table has "
             f"{len(cells)}: train with the cells file the model was built for"
         )
+    if [len(c) for c in extra_cells] != list(model.config.extra_classes):
+        raise GeovitError(
+            f"model has coarser partitions of {model.config.extra_classes} classes but "
+            f"{[len(c) for c in extra_cells]} were given"
+        )
     mean, std = model.normalization
+    extra = {"extra_cells": [cells_to_dict(c) for c in extra_cells]} if extra_cells else {}
     return {
+        **extra,
         "model_config": model.config.to_dict(),
         "cells": cells_to_dict(cells),
         "mean": list(mean),
@@ -85,15 +100,18 @@ def save_checkpoint(
     source: GeoViT | LoadedCheckpoint,
     cells: CellPartition | None = None,
     *,
+    extra_cells: Sequence[CellPartition] = (),
     train: dict | None = None,
     temperature: float | None = None,
 ) -> Path:
-    """Write a plain checkpoint atomically, from a model + cells or from a LoadedCheckpoint.
+    """Write a plain checkpoint atomically, from a model + cells (+ a multi-partition model's
+    coarser ``extra_cells``) or from a LoadedCheckpoint.
 
     With a LoadedCheckpoint, its cells, train info and temperature are kept unless overridden.
     """
     if isinstance(source, LoadedCheckpoint):
         model = source.model
+        extra_cells = source.extra_cells if cells is None else extra_cells
         cells = source.cells if cells is None else cells
         train = source.train if train is None else train
         temperature = source.temperature if temperature is None else temperature
@@ -104,7 +122,11 @@ def save_checkpoint(
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **contract_fields(
-            model, cells, train=train, temperature=1.0 if temperature is None else temperature
+            model,
+            cells,
+            extra_cells=extra_cells,
+            train=train,
+            temperature=1.0 if temperature is None else temperature,
         ),
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -179,6 +201,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
         temperature=float(raw["temperature"]),
         train=dict(raw["train"]),
         raw=raw,
+        extra_cells=tuple(
+            CellPartition.from_frame(pd.DataFrame(c)) for c in raw.get("extra_cells", [])
+        ),
     )
 
 

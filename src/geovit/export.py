@@ -23,13 +23,29 @@ from geovit.modelfolder import write_folder
 from geovit.onnxmodel import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SIDECAR_FORMAT
 
 
+class _Outputs(torch.nn.Module):
+    """The model's tensor outputs as a tuple, logits first: what ONNX exports (named by
+    ``names``), so the hybrid head's offsets and the retrieval embedding leave the file too."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.names = (OUTPUT_NAME, *(n for n in model.head.outputs if n != OUTPUT_NAME),
+                      "embedding")  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.forward_outputs(x)
+        return tuple(out[name] for name in self.names)
+
+
 def export_onnx(
     checkpoint: str | os.PathLike | LoadedCheckpoint,
     out: str | os.PathLike,
     *,
     opset: int | None = None,
 ) -> Path:
-    """Export a checkpoint's classifier (images (B,3,S,S) -> logits (B,K)) to ONNX.
+    """Export a checkpoint's model to ONNX: images (B,3,S,S) -> logits (B,K) (first output),
+    the head's other outputs (e.g. ``offset`` (B,K,2)) and ``embedding`` (B,D).
 
     Writes ``out``, sidecar embedded, atomically (temp file in the same folder, then rename) and
     returns ``out``. The logits are raw: consumers divide by the sidecar's temperature.
@@ -43,13 +59,14 @@ def export_onnx(
     # Batch 2, not 1: the exporter would specialize a size-1 dimension to a constant.
     example = torch.zeros(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=65536)
+    outputs = _Outputs(model).eval()
     try:
         program = torch.onnx.export(
-            model,
+            outputs,
             (example,),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=list(outputs.names),
             dynamic_shapes=({0: batch},),
             opset_version=opset,
             verbose=False,
@@ -65,7 +82,14 @@ def export_onnx(
         "format": SIDECAR_FORMAT,
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
-        **contract_fields(ckpt.model, ckpt.cells, train=ckpt.train, temperature=ckpt.temperature),
+        "outputs": list(outputs.names),
+        **contract_fields(
+            ckpt.model,
+            ckpt.cells,
+            extra_cells=ckpt.extra_cells,
+            train=ckpt.train,
+            temperature=ckpt.temperature,
+        ),
     }
     program.model.metadata_props[METADATA_KEY] = json.dumps(sidecar)
     atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
@@ -84,5 +108,11 @@ def export_folder(
     if out.exists() and not out.is_dir():
         raise GeovitError(f"--out {out} is a file: the safetensors export writes a folder")
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
-    fields = contract_fields(ckpt.model, ckpt.cells, train=ckpt.train, temperature=ckpt.temperature)
+    fields = contract_fields(
+        ckpt.model,
+        ckpt.cells,
+        extra_cells=ckpt.extra_cells,
+        train=ckpt.train,
+        temperature=ckpt.temperature,
+    )
     return write_folder(out, ckpt.model.state_dict(), fields, card=card)

@@ -76,3 +76,44 @@ def spherical_mean(lat: ArrayLike, lon: ArrayLike) -> tuple[float, float]:
         )
     mean_lat, mean_lon = xyz_to_latlon(total)
     return float(mean_lat), float(mean_lon)
+
+
+def _east_north(lat0: ArrayLike, lon0: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit vectors (..., 3) of the point, and of east and north in its tangent plane."""
+    c = latlon_to_xyz(lat0, lon0)
+    lam = np.radians(np.asarray(lon0, dtype=np.float64))
+    phi = np.radians(np.asarray(lat0, dtype=np.float64))
+    lam, phi = np.broadcast_arrays(lam, phi)
+    east = np.stack([-np.sin(lam), np.cos(lam), np.zeros_like(lam)], axis=-1)
+    north = np.stack([-np.sin(phi) * np.cos(lam), -np.sin(phi) * np.sin(lam), np.cos(phi)], axis=-1)
+    return c, east, north
+
+
+def to_tangent(
+    lat0: ArrayLike, lon0: ArrayLike, lat: ArrayLike, lon: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
+    """(east, north) km of points in the tangent plane at (lat0, lon0): the gnomonic projection.
+
+    Exactly inverted by :func:`from_tangent` (the offset head's target and its decoding), and
+    within 1 % of the great-circle offset up to ~1,000 km from the tangent point.
+    Points 90 degrees or more away have no gnomonic image: GeovitError.
+    """
+    c, east, north = _east_north(lat0, lon0)
+    p = latlon_to_xyz(lat, lon)
+    cos = np.sum(p * c, axis=-1)
+    if np.any(cos <= 0):
+        raise GeovitError("to_tangent: a point lies 90 degrees or more from its tangent point")
+    q = p / cos[..., None]
+    e = np.sum(q * east, axis=-1) * EARTH_RADIUS_KM
+    n = np.sum(q * north, axis=-1) * EARTH_RADIUS_KM
+    return e, n
+
+
+def from_tangent(
+    lat0: ArrayLike, lon0: ArrayLike, east_km: ArrayLike, north_km: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
+    """Degrees (lat, lon) of tangent-plane offsets at (lat0, lon0): inverse of to_tangent."""
+    c, east, north = _east_north(lat0, lon0)
+    e = np.asarray(east_km, dtype=np.float64)[..., None] / EARTH_RADIUS_KM
+    n = np.asarray(north_km, dtype=np.float64)[..., None] / EARTH_RADIUS_KM
+    return xyz_to_latlon(c + e * east + n * north)

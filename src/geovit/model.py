@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from geovit.errors import GeovitError
+from geovit.heads import create_head
 from geovit.net import hub_offline, require_host
 from geovit.weights import (
     PACKAGED,
@@ -75,6 +76,8 @@ class ModelConfig:
     num_classes: int
     arch: str = "hybrid"
     dropout: float = 0.2
+    head: str = "linear"  # geovit.heads.HEADS
+    extra_classes: list[int] = field(default_factory=list)  # coarser partitions' cell counts
     pretrained: bool = False
     cnn_pretrained: bool | None = None
     vit_pretrained: bool | None = None
@@ -266,7 +269,7 @@ class GeoViT(nn.Module):
         recorded = {getattr(config, p): h for p, h in hubs.items() if h}
         self.config = dataclasses.replace(config, hub_configs=recorded)
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(width, config.num_classes)
+        self.head = create_head(config.head, width, config.num_classes, config.extra_classes)
 
     def _as_token_encoder(self, vit: nn.Module, name: str) -> None:
         """Strip the ViT to what the CNN tokens use: position embedding (patch slots), blocks."""
@@ -287,14 +290,30 @@ class GeoViT(nn.Module):
         cfg = (self.cnn if self.cnn is not None else self.vit).pretrained_cfg
         return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B,3,S,S), normalized -> logits (B,K)."""
+    def named_parts(self) -> dict[str, nn.Module]:
+        """The model's parts by name ("cnn", "proj", "vit", "head"), those this arch has: the
+        units the training stages freeze and unfreeze (geovit.training.TRAINABLE)."""
+        parts = {"cnn": self.cnn, "proj": self.proj, "vit": self.vit, "head": self.head}
+        return {name: module for name, module in parts.items() if module is not None}
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B,3,S,S), normalized -> pooled features (B,D): the head's input before
+        dropout, and the embedding that retrieval compares."""
         if self.config.arch == "hybrid":
             feats = self.pool(self.cnn(x)[-1])  # (B, C, gh, gw)
             tokens = self.proj(feats.flatten(2).transpose(1, 2))  # (B, gh*gw, D)
-            tokens = self.vit.pos_drop(tokens + self.vit.pos_embed)
-            tokens = self.vit.norm(self.vit.blocks(self.vit.norm_pre(tokens)))
-            pooled = self.vit.forward_head(tokens, pre_logits=True)  # mean, fc_norm
-        else:  # timm's own forward_features -> forward_head without a classifier
-            pooled = (self.cnn if self.cnn is not None else self.vit)(x)
-        return self.head(self.dropout(pooled))
+            # patch_embed is Identity: timm adds the (patch-slot) position embedding, runs the
+            # blocks (gradient checkpointing included) and the final norm
+            return self.vit.forward_head(self.vit.forward_features(tokens), pre_logits=True)
+        # timm's own forward_features -> forward_head without a classifier
+        return (self.cnn if self.cnn is not None else self.vit)(x)
+
+    def forward_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Every output: the head's (``"logits"`` (B,K), ``"partition_logits"``, and e.g.
+        ``"offset"``), and ``"embedding"`` (B,D), the pooled features."""
+        pooled = self.embed(x)
+        return {**self.head.forward_outputs(self.dropout(pooled)), "embedding": pooled}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B,3,S,S), normalized -> logits (B,K) (a hierarchy's combined log-probs)."""
+        return self.head(self.dropout(self.embed(x)))

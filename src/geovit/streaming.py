@@ -37,7 +37,8 @@ class _EpochShardLoader(EpochSeededLoader):
 
 
 class ShardDataModule(L.LightningDataModule):
-    """Train/val loaders over SHARDS/train and SHARDS/val; ``val_coords`` indexed by val row."""
+    """Train/val loaders over SHARDS/train and SHARDS/val; ``train_coords``/``val_coords``
+    indexed by shard row (a sample's ``index``)."""
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class ShardDataModule(L.LightningDataModule):
         val_coords: np.ndarray,
         transforms: tuple,
         *,
+        train_coords: np.ndarray,
         batch_size: int,
         workers: int = 0,
         seed: int = 0,
@@ -55,6 +57,7 @@ class ShardDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.labels = {"train": train_labels, "val": val_labels}
         self.val_coords = np.asarray(val_coords, dtype=np.float64)
+        self.train_coords = np.asarray(train_coords, dtype=np.float64)
         self.transforms = dict(zip(("train", "val"), transforms, strict=True))
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
 
@@ -117,16 +120,20 @@ def build_shard_datamodule(
     labels, _, is_val, report = label_splits(manifest, cells)
     is_train = (manifest["split"] == "train").to_numpy()
     train, val = manifest[is_train], manifest[is_val]
-    coords = val[["latitude", "longitude"]].to_numpy(dtype=np.float64)
+
+    def coords(rows: pd.DataFrame) -> np.ndarray:
+        return _by_row(rows, rows[["latitude", "longitude"]].to_numpy(dtype=np.float64))
+
     dm = ShardDataModule(
         root,
         _by_row(train, labels[is_train]),
         _by_row(val, labels[is_val]),
-        _by_row(val, coords),
+        coords(val),
         (
             build_transform(image_size, mean, std, train=True, hflip=config.hflip),
             build_transform(image_size, mean, std, train=False),
         ),
+        train_coords=coords(train),
         batch_size=config.batch_size,
         workers=config.workers,
         seed=config.seed,

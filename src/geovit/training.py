@@ -61,12 +61,14 @@ from geovit.data.images import (
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write
 from geovit.geo import geoscore, haversine_km
+from geovit.heads import OFFSET_LOSSES
+from geovit.losses import DEFAULT_TAU_KM, LOSSES, create_loss
 from geovit.model import GeoViT, ModelConfig
 from geovit.monitor import Monitor, parse_monitor
 
 log = logging.getLogger(__name__)
 
-PARTS = ("cnn", "proj", "vit", "head")
+PARTS = ("cnn", "proj", "vit", "head")  # GeoViT.named_parts(), in that order
 STAGES = ("heads", "full", "vit")
 TRAINABLE: dict[int, tuple[str, ...]] = {
     0: ("proj", "head"),
@@ -92,7 +94,13 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     warmup_epochs: float = 1.0  # cosine only
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # "ce" only
+    # the classification loss (geovit.losses.LOSSES) and, for "haversine", its temperature (km)
+    loss: str = "ce"
+    tau: float = DEFAULT_TAU_KM
+    # the hybrid head's offset regression: loss = classification + offset_weight * L1/L2
+    offset_weight: float = 1.0
+    offset_loss: str = "l1"
     grad_clip: float | None = 1.0
     precision: str = "32"
     channels_last: bool = False
@@ -118,6 +126,14 @@ class TrainConfig:
             )
         if self.scheduler not in SCHEDULERS:
             raise GeovitError(f"unknown scheduler {self.scheduler!r}: use one of {SCHEDULERS}")
+        if self.loss not in LOSSES:
+            raise GeovitError(f"unknown loss {self.loss!r}: use one of {tuple(LOSSES)}")
+        if self.offset_loss not in OFFSET_LOSSES:
+            raise GeovitError(
+                f"unknown offset loss {self.offset_loss!r}: use one of {OFFSET_LOSSES}"
+            )
+        if not self.offset_weight >= 0:
+            raise GeovitError(f"offset weight {self.offset_weight} must be >= 0")
         if self.precision not in PRECISIONS:
             raise GeovitError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -204,7 +220,11 @@ class EpochSeededLoader(DataLoader):
 
 
 class GeoViTModule(L.LightningModule):
-    """GeoViT + loss, metrics, stage-aware freezing and the optimizer set-up."""
+    """GeoViT + loss, metrics, stage-aware freezing and the optimizer set-up.
+
+    ``extra_cells``: coarser partitions trained at once (one classifier each; the model's
+    logits combine them, see geovit.heads), their labels assigned from each photo's coordinates.
+    """
 
     def __init__(
         self,
@@ -212,36 +232,46 @@ class GeoViTModule(L.LightningModule):
         cells: CellPartition,
         config: TrainConfig,
         data_info: dict | None = None,
+        extra_cells: Sequence[CellPartition] = (),
     ) -> None:
         super().__init__()
-        if len(cells) != model_config.num_classes:
+        sizes = [len(c) for c in (cells, *extra_cells)]
+        wanted = [model_config.num_classes, *model_config.extra_classes]
+        if sizes != wanted:
             raise GeovitError(
-                f"model has {model_config.num_classes} classes but the cells file {len(cells)}"
+                f"model has {wanted} classes (main, then coarser partitions) but the cells files "
+                f"{sizes}: build the model config from these cells"
             )
         self.model = GeoViT(model_config)
         self.cells = cells
+        self.extra_cells = tuple(extra_cells)
+        self.model.head.set_parents([torch.from_numpy(cells.parents_in(c)) for c in extra_cells])
         self.config = config
+        self.loss_fn = create_loss(config.loss, label_smoothing=config.label_smoothing,
+                                   tau=config.tau)  # fmt: skip
         self.data_info = dict(data_info or {})
         self.stage = -1
         self.frozen: tuple[str, ...] = ()
-        centroids = np.stack([cells.centroid_lat, cells.centroid_lon], axis=1)
-        self.register_buffer("centroids", torch.from_numpy(centroids), persistent=False)
+        for i, part in enumerate((cells, *extra_cells)):
+            centroids = np.stack([part.centroid_lat, part.centroid_lon], axis=1)
+            self.register_buffer(f"centroids_{i}", torch.from_numpy(centroids), persistent=False)
         self.val_km = CatMetric(nan_strategy="error")
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def centroids(self) -> torch.Tensor:
+        """(K, 2) float64 centroids of the main partition's cells."""
+        return self.centroids_0
 
     # ---- stages ----------------------------------------------------------------------------
     def set_stage(self, stage: int) -> None:
         """Freeze/unfreeze the parts for ``stage`` and drop optimizer state of frozen ones."""
         self.stage = stage
-        self.frozen = tuple(
-            p for p in PARTS if p not in TRAINABLE[stage] and getattr(self.model, p) is not None
-        )
+        parts = self.model.named_parts()
+        self.frozen = tuple(p for p in parts if p not in TRAINABLE[stage])
         optimizers = self._trainer.optimizers if self._trainer is not None else []
-        for name in PARTS:
-            module = getattr(self.model, name)
-            if module is None:
-                continue  # this arch has no such part
+        for name, module in parts.items():
             trainable = name not in self.frozen
             module.requires_grad_(trainable)
             if not trainable:
@@ -255,8 +285,9 @@ class GeoViTModule(L.LightningModule):
         """Lightning calls this every epoch: keep frozen parts (their BatchNorm) in eval mode."""
         super().train(mode)
         if mode:
+            parts = self.model.named_parts()
             for name in self.frozen:
-                getattr(self.model, name).eval()
+                parts[name].eval()
         return self
 
     # ---- steps -----------------------------------------------------------------------------
@@ -265,17 +296,50 @@ class GeoViTModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    def _step(self, batch: dict, coords: np.ndarray) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The model's outputs and loss terms of one batch, the same in training and validation:
+        the classification loss on every partition (labels of coarser ones assigned from the
+        coordinates) plus the head's own loss (e.g. the hybrid head's offsets)."""
+        x = batch["image"]
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.model.forward_outputs(x)
+        labels = batch["label"]
+        xy = torch.as_tensor(coords, dtype=torch.float64, device=self.device)
+        terms: dict[str, torch.Tensor] = {}
+        for i, logits in enumerate(out["partition_logits"]):
+            part_labels = labels if i == 0 else torch.as_tensor(
+                self.extra_cells[i - 1].assign(coords[:, 0], coords[:, 1]), device=self.device
+            )  # fmt: skip
+            centroids = getattr(self, f"centroids_{i}")
+            terms[f"cls{i}" if i else "cls"] = self.loss_fn(logits, part_labels, xy, centroids)
+        offsets = None
+        if "offset" in out:  # the hybrid head's targets
+            offsets = torch.as_tensor(
+                self.cells.offsets(labels.cpu().numpy(), coords[:, 0], coords[:, 1]),
+                device=self.device,
+            )
+        aux = self.model.head.aux_loss(out, labels, offsets, self.config.offset_loss)
+        if aux is not None:
+            terms["offset"] = self.config.offset_weight * aux
+        return out, terms
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         n = len(batch["label"])
         self.log("train/bad_images", float(batch["n_bad"]), on_step=False, on_epoch=True,
                  reduce_fx="sum", sync_dist=True, batch_size=max(n, 1))  # fmt: skip
         if n == 0:
             return None  # every image of the batch was unreadable (already warned per image)
-        logits = self(batch["image"]).float()
-        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.config.label_smoothing)
-        acc = (logits.argmax(dim=1) == batch["label"]).float().mean()
+        coords = self.trainer.datamodule.train_coords[batch["index"].cpu().numpy()]
+        out, terms = self._step(batch, coords)
+        loss = torch.stack(list(terms.values())).sum()
+        acc = (out["logits"].argmax(dim=1) == batch["label"]).float().mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=n)  # fmt: skip
+        if len(terms) > 1:
+            for name, value in terms.items():
+                self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True,
+                         sync_dist=True, batch_size=n)  # fmt: skip
         self.log("train/acc", acc, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         self.log("stage", float(self.stage), on_step=False, on_epoch=True, batch_size=n)
         return loss
@@ -287,19 +351,28 @@ class GeoViTModule(L.LightningModule):
                  batch_size=max(n, 1))  # fmt: skip
         if n == 0:
             return
-        logits = self(batch["image"]).float()
+        truth = self.trainer.datamodule.val_coords[batch["index"].cpu().numpy()]
+        out, terms = self._step(batch, truth)
+        logits = out["logits"].float()
         labeled = y >= 0  # images outside every kept cell: no loss, never a hit, but a distance
         if labeled.any():
+            # the model's predictive distribution on the true cell (comparable across losses)
             loss = F.cross_entropy(logits[labeled], y[labeled])
             self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=int(labeled.sum()))
+        self.log("val/train_loss", torch.stack(list(terms.values())).sum(), sync_dist=True,
+                 batch_size=n)  # fmt: skip
         top = logits.topk(min(max(TOPK), logits.shape[1]), dim=1).indices
         hits = top == y[:, None]
         for k in TOPK:
             self.log(f"val/acc{k}", hits[:, :k].any(dim=1).float().mean(), prog_bar=k == 1,
                      sync_dist=True, batch_size=n)  # fmt: skip
-        pred = self.centroids[top[:, 0]].cpu().numpy()
-        truth = self.trainer.datamodule.val_coords[batch["index"].cpu().numpy()]
-        km = haversine_km(pred[:, 0], pred[:, 1], truth[:, 0], truth[:, 1])
+        best = top[:, 0]
+        if "offset" in out:  # the hybrid head's answer: the top cell's centroid + its offset
+            offset = out["offset"][torch.arange(n, device=best.device), best].float()
+            lat, lon = self.cells.points_at(best.cpu().numpy(), offset.cpu().numpy())
+        else:
+            lat, lon = self.centroids[best].cpu().numpy().T
+        km = haversine_km(lat, lon, truth[:, 0], truth[:, 1])
         self.val_km.update(torch.as_tensor(km, dtype=torch.float64, device=self.device))
 
     def on_validation_epoch_end(self) -> None:
@@ -362,7 +435,11 @@ class GeoViTModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Make Lightning's .ckpt a self-contained geovit checkpoint (see geovit.checkpoint)."""
-        checkpoint.update(contract_fields(self.model, self.cells, train=self.train_info()))
+        checkpoint.update(
+            contract_fields(
+                self.model, self.cells, extra_cells=self.extra_cells, train=self.train_info()
+            )
+        )
         checkpoint["state_dict_prefix"] = "model."
 
 
@@ -402,7 +479,9 @@ class ReseedEachEpoch(Callback):
 
 
 class GeoDataModule(L.LightningDataModule):
-    """Train/val datasets (dict samples, see geovit.data.images) + true coordinates of val rows.
+    """Train/val datasets (dict samples, see geovit.data.images) + true coordinates of their rows
+    (``train_coords``/``val_coords`` indexed by a sample's ``index``: losses and heads that know
+    geography, and validation distances, read them).
 
     Samplers are always DistributedSampler (one replica on one device): shuffling depends only
     on (seed, epoch), identically for 1 or N processes.
@@ -414,15 +493,18 @@ class GeoDataModule(L.LightningDataModule):
         val_ds: Dataset,
         val_coords: np.ndarray,
         *,
+        train_coords: np.ndarray,
         batch_size: int,
         workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if len(val_coords) != len(val_ds):
-            raise GeovitError(f"{len(val_ds)} validation images but {len(val_coords)} coordinates")
+        for name, ds, coords in (("train", train_ds, train_coords), ("val", val_ds, val_coords)):
+            if len(coords) != len(ds):
+                raise GeovitError(f"{len(ds)} {name} images but {len(coords)} coordinates")
         self.train_ds, self.val_ds = train_ds, val_ds
         self.val_coords = np.asarray(val_coords, dtype=np.float64)
+        self.train_coords = np.asarray(train_coords, dtype=np.float64)
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
@@ -516,13 +598,14 @@ def build_datamodule(
     images = manifest["image"].to_numpy(dtype=object)
     train_tf = build_transform(image_size, mean, std, train=True, hflip=config.hflip)
     val_tf = build_transform(image_size, mean, std, train=False)
-    val_coords = manifest.loc[is_val, ["latitude", "longitude"]].to_numpy(dtype=np.float64)
+    coords = manifest[["latitude", "longitude"]].to_numpy(dtype=np.float64)
     require_readable(images[keep], "train")
     require_readable(images[is_val], "val")
     dm = GeoDataModule(
         ImageDataset(images[keep], labels[keep], train_tf),
         ImageDataset(images[is_val], labels[is_val], val_tf),
-        val_coords,
+        coords[is_val],
+        train_coords=coords[keep],
         batch_size=config.batch_size,
         workers=config.workers,
         seed=config.seed,
@@ -728,15 +811,19 @@ def train(
     build: Callable[..., tuple[L.LightningDataModule, DataReport]] = build_datamodule,
     callbacks: Sequence[Callback] = (),
     overwrite: bool = False,
+    extra_cells: Sequence[CellPartition] = (),
 ) -> tuple[TrainResult, DataReport]:
     """Train GeoViT on a manifest's train split, validating on its val split each epoch.
+
+    ``extra_cells``: coarser partitions to train at once (``model_config.extra_classes`` are
+    their sizes); ``cells`` is the main (finest) one, the classes the model predicts.
 
     ``notify`` receives, before training, each part's weight source ("loaded N/M tensors")
     and warnings about the schedule (default: this module's logger, warnings as warnings).
     ``build`` makes the datamodule (build_datamodule's signature; geovit.streaming's for shards).
     """
     L.seed_everything(config.seed, workers=True, verbose=False)  # the initial weights too
-    module = GeoViTModule(model_config, cells, config)
+    module = GeoViTModule(model_config, cells, config, extra_cells=extra_cells)
     if resume is None:  # a resumed run's weights come from its checkpoint
         for line in weight_notes(module, config):
             (notify or (log.warning if line.startswith("warning") else log.info))(line)
@@ -752,10 +839,13 @@ def train(
     return result, report
 
 
-def resume_model(path: str | Path) -> tuple[ModelConfig, CellPartition]:
-    """The model config and cells of a run to resume (weights then come from the file)."""
+def resume_model(
+    path: str | Path,
+) -> tuple[ModelConfig, CellPartition, tuple[CellPartition, ...]]:
+    """The model config, cells and coarser partitions of a run to resume (weights then come
+    from the file)."""
     ckpt = load_checkpoint(path)
-    return ckpt.config, ckpt.cells
+    return ckpt.config, ckpt.cells, ckpt.extra_cells
 
 
 __all__ = [

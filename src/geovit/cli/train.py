@@ -37,8 +37,12 @@ from geovit.monitor import Monitor
 @friendly
 def train(
     data: Path = DATA,
-    cells_path: Path = typer.Option(
-        None, "--cells", help="cells.parquet from `geovit cells build` (not with --resume)."
+    cells_paths: list[Path] = typer.Option(
+        None,
+        "--cells",
+        help="cells.parquet from `geovit cells build` (not with --resume). Repeat it to train "
+        "several partitions at once, coarse first: the last is the one predicted, the others "
+        "multiply in their parent cell's probability.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, model.pt."),
     preset: str = typer.Option(
@@ -72,6 +76,15 @@ def train(
     scheduler: str = typer.Option("plateau", help="plateau (on val loss) or cosine (warmup)."),
     warmup_epochs: float = typer.Option(1.0, help="Cosine warmup length in epochs."),
     label_smoothing: float = typer.Option(0.0, help="Cross-entropy label smoothing."),
+    head: str = typer.Option(
+        None, help="linear (cells) or hybrid (cells + offset within the cell) (default: linear)."
+    ),
+    loss: str = typer.Option(
+        "ce", help="ce (cross-entropy) or haversine (PIGEON's geographic smoothing)."
+    ),
+    tau: float = typer.Option(75.0, help="Haversine smoothing temperature in km."),
+    offset_weight: float = typer.Option(1.0, help="Weight of the hybrid head's offset loss."),
+    offset_loss: str = typer.Option("l1", help="l1 or l2 offset loss."),
     grad_clip: float = typer.Option(1.0, help="Clip the gradient norm (0: off)."),
     precision: str = typer.Option("32", help="32, bf16-mixed or 16-mixed."),
     channels_last: bool = typer.Option(False, help="channels_last memory format for the CNN."),
@@ -124,6 +137,10 @@ def train(
         scheduler=scheduler,
         warmup_epochs=warmup_epochs,
         label_smoothing=label_smoothing,
+        loss=loss,
+        tau=tau,
+        offset_weight=offset_weight,
+        offset_loss=offset_loss,
         grad_clip=grad_clip or None,
         precision=precision,
         channels_last=channels_last,
@@ -142,15 +159,17 @@ def train(
     processes = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
     set_threads(threads, workers, processes)
     if resume is not None:
-        model_cfg, cells = resume_model(resume)
+        model_cfg, cells, extra_cells = resume_model(resume)
         console.print(f"resuming {resume}: model and cells come from the checkpoint")
-    elif cells_path is None:
+    elif not cells_paths:
         raise GeovitError("--cells is required: pass the cells.parquet from `geovit cells build`")
     else:
-        cells = CellPartition.load(cells_path)
+        *extra_cells, cells = [CellPartition.load(p) for p in cells_paths]
         model_cfg = model_config(
             preset,
             len(cells),
+            head=head,
+            extra_classes=[len(c) for c in extra_cells] or None,
             arch=arch,
             cnn=cnn,
             vit=vit,
@@ -176,7 +195,7 @@ def train(
     result, data_report = run_training(
         manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build,
         notify=rank_zero_only(lambda line: console.print(line, highlight=False, soft_wrap=True)),
-        overwrite=overwrite,
+        overwrite=overwrite, extra_cells=extra_cells,
     )  # fmt: skip
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
