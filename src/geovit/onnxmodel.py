@@ -93,6 +93,7 @@ class OnnxPredictor(PredictorBase):
         super().__init__(cells, mean, std, image_size, temperature, batch_size)
         self.session = session
         self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name  # the logits (others: head, embedding)
 
     @classmethod
     def from_onnx(
@@ -162,7 +163,7 @@ class OnnxPredictor(PredictorBase):
         """Logits (B,K) float32 of a batch (a NumPy array or a CPU tensor), divided by the
         temperature unless ``scaled=False``."""
         feed = {self.input_name: np.ascontiguousarray(np.asarray(x, dtype=np.float32))}
-        out = self.session.run(None, feed)[0].astype(np.float32, copy=False)
+        out = self.session.run([self.output_name], feed)[0].astype(np.float32, copy=False)
         return out / np.float32(self.temperature) if scaled else out
 
     def predict_proba(self, x: Any) -> np.ndarray:
