@@ -4,7 +4,8 @@ Why litdata (Lightning's) and not WebDataset: it belongs to the Lightning stack 
 with, streams from local folders or object stores (s3://, gs://, ...) with the same reader,
 splits chunks across ranks and DataLoader workers itself, and shuffles by (seed, epoch) - the
 property geovit's exact resume rests on - where WebDataset's buffer shuffle depends on worker
-timing. bench/loader.py measures it against folders and zips.
+timing. bench/loader.py measures it against folders, zips and WebDataset tars (the same
+CPU cost per image within noise: bench/RESULTS.md).
 
 SHARDS may also be an object-store URL (``s3://bucket/prefix``, S3-compatible stores through
 ``AWS_ENDPOINT_URL``; ``gs://`` with google-cloud-storage installed): `open_shards` probes the
