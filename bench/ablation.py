@@ -4,7 +4,8 @@ Rows (each trained through geovit's training API, scored by geovit's evaluation 
 split, beside baselines measured in the same run by bench/real_photos.py's code):
 
 - ``seed``: the design's recipe (linear head over cells, cross-entropy, one partition);
-- ``+haversine``: PIGEON's haversine label smoothing (tau 75 km);
+- ``+haversine``: PIGEON's haversine label smoothing (tau 75 km); ``+haversine750``: the same
+  with tau 750 km, the scale of cells on a few thousand photos;
 - ``+hybrid``: OpenStreetView-5M's cell + offset head (answers with the top cell's centroid
   moved by its predicted offset);
 - ``+multi``: a coarser partition trained at once (t1 x 4), probabilities multiplied (TIB);
@@ -37,11 +38,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from geovit.cells import CellPartition
+from geovit.checkpoint import load_checkpoint
 from geovit.data.manifest import load_manifest
 from geovit.data.synth import generate_world
-from geovit.evaluation import split_rows
+from geovit.evaluation import evaluate, index_split, split_rows
 from geovit.fileio import write_text
 from geovit.model import model_config
+from geovit.predictor import Predictor
 from geovit.training import TrainConfig, train
 from real_photos import baselines, load_data, point_at_cache, thresholds
 
@@ -49,10 +52,16 @@ from real_photos import baselines, load_data, point_at_cache, thresholds
 TRAIN_ROWS: dict[str, dict[str, Any]] = {
     "seed": {},
     "+haversine": {"loss": "haversine"},
+    # tau at the scale of these cells (hundreds of km apart on ~2k photos) instead of PIGEON's
+    # 75 km, tuned for its ~50 km admin-area cells
+    "+haversine750": {"loss": "haversine", "tau": 750.0},
     "+hybrid": {"head": "hybrid"},
     "+multi": {"multi": True},
 }
 COARSE_FACTOR = 4  # the coarse partition's t1 and t2 are the fine one's times this
+WITHIN = ("1", "25", "200", "750", "2500")
+COLUMNS = ("top1", "top5", "median_km", "mean_km", *(f"<{t}km" for t in WITHIN), "geoscore",
+           "country", "region", "ece")  # fmt: skip
 
 
 def partitions(train_rows: pd.DataFrame, t1: int, t2: int) -> tuple[CellPartition, CellPartition]:
@@ -74,7 +83,7 @@ def run_config(args: argparse.Namespace, change: dict[str, Any]) -> dict[str, An
         "lr": args.lr,
         "freeze_cnn": args.freeze_cnn,
         "seed": args.seed,
-        "tau": args.tau,
+        "tau": change.get("tau", args.tau),
         "head": change.get("head", "linear"),
         "loss": change.get("loss", "ce"),
         "multi": bool(change.get("multi", False)),
@@ -125,6 +134,90 @@ def train_row(
     write_text(stamp, json.dumps(cfg, indent=2))
     print(f"{name}: trained in {seconds:.0f} s, kept {result.kept}", flush=True)
     return result.model_path, seconds
+
+
+def row_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """The table's columns from an evaluate() dict."""
+    acc, dist = m["cell_accuracy"]["all_images"], m["distance"]
+    places = m.get("place_accuracy", {})
+    return {
+        "top1": acc.get("top1"),
+        "top5": acc.get("top5"),
+        "median_km": dist["median_km"],
+        "mean_km": dist["mean_km"],
+        **{f"<{t}km": dist["accuracy_within_km"][t] for t in WITHIN},
+        "geoscore": m["geoscore_mean"],
+        "country": places.get("country", {}).get("accuracy"),
+        "region": places.get("region", {}).get("accuracy"),
+        "ece": m["calibration"]["ece"],
+    }
+
+
+def score(
+    model: Path, manifest: pd.DataFrame, split: str, args: argparse.Namespace, **options: Any
+) -> dict[str, Any]:
+    """geovit's evaluation of one model with inference ``options`` (Predictor.configure)."""
+    predictor = Predictor.from_checkpoint(model, device="cpu" if args.cpu else None)
+    predictor.configure(**options)
+    m = evaluate(predictor, manifest, split, batch_size=64, workers=args.workers, ks=(1, 5))
+    return row_metrics(m)
+
+
+def gallery_of(model: Path, manifest: pd.DataFrame, args: argparse.Namespace) -> Path:
+    """The retrieval gallery (geovit index) of a model over the training split, made once."""
+    path = model.parent / "gallery.faiss"
+    if not path.is_file():
+        predictor = Predictor.from_checkpoint(model, device="cpu" if args.cpu else None)
+        index_split(predictor, manifest, "train", batch_size=64, workers=args.workers).save(path)
+    return path
+
+
+def default_point(model: Path) -> str:
+    """What a model answers with by default: its hybrid head's offset, else the top cell."""
+    return "hybrid" if load_checkpoint(model).config.head == "hybrid" else "top1"
+
+
+def inference_options(model: Path, manifest: pd.DataFrame, args) -> dict[str, dict[str, Any]]:
+    """Each inference option of the issue, as Predictor.configure arguments."""
+    base = default_point(model)
+    return {
+        "weighted": {"point": "weighted"},
+        "retrieval": {"point": "retrieval", "index": gallery_of(model, manifest, args)},
+        f"tta{args.tta}": {"point": base, "tta": args.tta},
+    }
+
+
+def scored_row(model, manifest, args, **options) -> dict[str, Any]:
+    """Val and test metrics of one model and inference configuration."""
+    return {s: score(model, manifest, s, args, **options) for s in ("val", "test")}
+
+
+def table(rows: dict[str, dict[str, Any]], baseline: dict[str, Any]) -> str:
+    """The Markdown table: baselines, then every row's test metrics."""
+
+    def fmt(key: str, v: Any) -> str:
+        if v is None:
+            return "-"
+        if key in ("median_km", "mean_km", "geoscore"):
+            return f"{v:.0f}"
+        if key == "ece":
+            return f"{v:.3f}"
+        return f"{100 * v:.1f}%"
+
+    head = "| row (test) | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, b in baseline.items():
+        cols = {**b, **{f"<{t}km": b.get(f"within_{t}km") for t in WITHIN}}
+        cols["country"] = b.get("country_acc")
+        lines.append(
+            f"| baseline: {name} | "
+            + " | ".join(fmt(c, cols.get(c)) for c in COLUMNS if c not in ("region", "ece"))
+            + " | - | - |"
+        )
+    for name, r in rows.items():
+        t = r["test"]
+        lines.append(f"| {name} | " + " | ".join(fmt(c, t.get(c)) for c in COLUMNS) + " |")
+    return "\n".join(lines)
 
 
 def load_data_any(args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -191,8 +284,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = run_config(args, TRAIN_ROWS[name])
         models[name], seconds[name] = train_row(name, cfg, manifest, fine, coarse, args)
     result: dict[str, Any] = {"data": info, "train_seconds": seconds}
-    if not args.train_only:
-        result["baselines"] = baselines(fine, train_rows, test, args.draws, args.seed)
+    if args.train_only:
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        print(json.dumps(result))
+        return result
+    rows: dict[str, dict[str, Any]] = {}
+    for name, model in models.items():
+        rows[name] = scored_row(model, manifest, args, point=default_point(model))
+        print(name, json.dumps(rows[name]["test"]), flush=True)
+    # inference options on the seed model; the best one chosen on val
+    for option, kw in inference_options(models["seed"], manifest, args).items():
+        rows[f"seed + {option}"] = scored_row(models["seed"], manifest, args, **kw)
+        print(option, json.dumps(rows[f"seed + {option}"]["test"]), flush=True)
+    # the best combination: every training change that beat seed on val GeoScore, together,
+    # then every inference option that beat the combination's default point on val
+    seed_val = rows["seed"]["val"]["geoscore"]
+    helped = [n for n in wanted if n != "seed" and rows[n]["val"]["geoscore"] > seed_val]
+    change = {k: v for n in helped for k, v in TRAIN_ROWS[n].items()}
+    combo = "".join(helped) if len(helped) > 1 else "seed" if not helped else helped[0]
+    if len(helped) > 1:
+        cfg = run_config(args, change)
+        models[combo], seconds[combo] = train_row(combo, cfg, manifest, fine, coarse, args)
+        rows[combo] = scored_row(models[combo], manifest, args, point=default_point(models[combo]))
+    best_name, best = combo, rows[combo]
+    for option, kw in inference_options(models[combo], manifest, args).items():
+        name = f"{combo} + {option}"
+        candidate = rows.get(f"seed + {option}") if combo == "seed" else None
+        candidate = candidate or scored_row(models[combo], manifest, args, **kw)
+        if candidate["val"]["geoscore"] > best["val"]["geoscore"]:
+            best_name, best = name, candidate
+    rows[f"best ({best_name}, chosen on val)"] = best
+    result["rows"] = rows
+    result["baselines"] = baselines(fine, train_rows, test, args.draws, args.seed)
+    result["table"] = table(rows, result["baselines"])
+    write_text(Path(args.out) / "ablation.json", json.dumps(result, indent=2) + "\n")
+    print(result["table"])
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result))
     return result

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from geovit.demo import DemoSettings, run_demo, stage_boundaries
+from geovit.demo import run_demo
+from geovit.demo_settings import DemoSettings, stage_boundaries
 
 
 def main() -> None:

@@ -63,6 +63,24 @@ def tiny_checkpoint(tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory) 
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, cells)
 
 
+@pytest.fixture(scope="session")
+def hybrid_checkpoint(tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_checkpoint` with the hybrid cell + offset head, its offset layer random (trained
+    ones start at zero: every offset would be the centroid)."""
+    import torch
+
+    from geovit.cells import CellPartition
+    from geovit.checkpoint import save_checkpoint
+    from geovit.model import GeoViT, model_config
+
+    cells = CellPartition.load(tiny_cells)
+    torch.manual_seed(0)
+    model = GeoViT(model_config("small", len(cells), image_size=TINY_IMAGE_SIZE, head="hybrid"))
+    torch.nn.init.normal_(model.head.offset.weight, std=0.05)
+    torch.nn.init.normal_(model.head.offset.bias, std=0.3)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt_hybrid") / "model.pt", model, cells)
+
+
 @pytest.fixture(scope="session", params=["cnn", "vit"])
 def baseline_checkpoint(
     request: pytest.FixtureRequest, tiny_cells: Path, tmp_path_factory: pytest.TempPathFactory

@@ -11,12 +11,8 @@ import pytest
 import yaml
 
 from geovit.cells import CellPartition
-from geovit.demo import (
-    DemoSettings,
-    run_demo,
-    scaled_thresholds,
-    stage_boundaries,
-)
+from geovit.demo import run_demo, scaled_thresholds
+from geovit.demo_settings import DemoSettings, stage_boundaries
 from geovit.evaluation import majority_baseline
 from geovit.geo import haversine_km
 

@@ -175,7 +175,7 @@ def test_cli_evaluate_and_calibrate(tiny_checkpoint, tiny_world, tmp_path):
             str(model),
             "-d",
             str(tiny_world),
-            "--top-k",
+            "--accuracy-at",
             "1,2",
             "--out",
             str(out),
@@ -189,9 +189,10 @@ def test_cli_evaluate_and_calibrate(tiny_checkpoint, tiny_world, tmp_path):
     assert "Cell accuracy" in res.stdout and "6371" in res.stdout
 
     res = runner.invoke(
-        app, ["evaluate", "-c", str(model), "-d", str(tiny_world), "--top-k", "0", "-o", str(out)]
+        app,
+        ["evaluate", "-c", str(model), "-d", str(tiny_world), "--accuracy-at", "0", "-o", str(out)],
     )
-    assert res.exit_code == 2 and "--top-k" in res.stderr
+    assert res.exit_code == 2 and "--accuracy-at" in res.stderr
     assert load_checkpoint(model).temperature == stored  # a failed command changes nothing
 
 

@@ -191,10 +191,13 @@ def test_explain_cli(tiny_checkpoint, tiny_world, tmp_path):
     assert res.exit_code == 0, res.output
     png = tmp_path / f"{photo.stem}_occlusion.png"
     assert png.stat().st_size > 20_000 and "top cell" in res.output
-    for bad in (["--target", "best"], ["--lat", "40"], ["--fill", "1,2"], ["--stride", "40"]):
+    for bad in (["--lat", "40"], ["--fill", "1,2"], ["--stride", "40"]):
         res = runner.invoke(app, [*args, *bad])
         assert res.exit_code == 2, (bad, res.output)
         assert "error:" in res.output
+    # --target is a closed choice: click refuses a typo naming the valid values
+    res = runner.invoke(app, [*args, "--target", "best"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "'true', 'top'" in res.output
 
 
 def test_explain_cli_takes_the_true_location_from_the_manifest(

@@ -219,10 +219,15 @@ def test_report_streams_the_split_once_and_decodes_each_gallery_photo_once_more(
 
     passes, reads = [], []
     stream, read = geovit.evaluation.stream_logits, geovit.data.images.read_image_bytes
+    stream_outputs = geovit.evaluation.stream_outputs  # evaluation's pass (any --point)
 
     def counted_stream(*a, **k):
         passes.append(1)
         return stream(*a, **k)
+
+    def counted_outputs(*a, **k):
+        passes.append(1)
+        return stream_outputs(*a, **k)
 
     def counted_read(ref):
         reads.append(str(ref))
@@ -230,6 +235,7 @@ def test_report_streams_the_split_once_and_decodes_each_gallery_photo_once_more(
 
     monkeypatch.setattr(geovit.evaluation, "stream_logits", counted_stream)
     monkeypatch.setattr(geovit.report, "stream_logits", counted_stream)
+    monkeypatch.setattr(geovit.evaluation, "stream_outputs", counted_outputs)
     monkeypatch.setattr(geovit.data.images, "read_image_bytes", counted_read)
     geovit.report.build_report(
         predictor, manifest, tmp_path / "rep", per_kind=1, patch=16, stride=16

@@ -15,12 +15,12 @@ if TYPE_CHECKING:
 __all__ = ["__version__", "evaluate", "load", "predict"]
 
 
-def load(path: Any, device: Any = None) -> Predictor:
+def load(path: Any, device: Any = None, **options: Any) -> Predictor:
     """``geovit.load(CKPT)`` -> Predictor; torch is imported only when a model is loaded, so
-    ``import geovit`` stays light."""
+    ``import geovit`` stays light. ``options``: point, index, tta (Predictor.configure)."""
     from geovit.predictor import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, **options)
 
 
 def predict(checkpoint: Any, images: Any, top_k: int = 5, device: Any = None) -> pd.DataFrame:
@@ -49,9 +49,11 @@ def predict(checkpoint: Any, images: Any, top_k: int = 5, device: Any = None) ->
 
 
 def evaluate(checkpoint: Any, data: Any, split: str = "test", **kw: Any) -> dict[str, Any]:
-    """The metrics dict of `geovit evaluate` (what metrics.json holds) for a dataset split."""
+    """The metrics dict of `geovit evaluate` (what metrics.json holds) for a dataset split;
+    ``point``, ``index`` and ``tta`` in ``kw`` choose how predictions are made (load's)."""
     from geovit.data.manifest import load_manifest
     from geovit.evaluation import evaluate as run
 
+    options = {k: kw.pop(k) for k in ("point", "index", "tta") if k in kw}
     manifest, _ = load_manifest(data)
-    return run(load(checkpoint), manifest, split, **kw)
+    return run(load(checkpoint, **options), manifest, split, **kw)

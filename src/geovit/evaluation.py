@@ -25,6 +25,7 @@ from geovit.data.images import ImageDataset, collate_skip_bad
 from geovit.data.shards import shard_split
 from geovit.errors import GeovitError
 from geovit.fileio import write_bytes, write_text
+from geovit.gallery import Gallery
 from geovit.geo import haversine_km
 from geovit.metrics import (
     CONCENTRATION_RADIUS_KM,
@@ -33,6 +34,7 @@ from geovit.metrics import (
     log_softmax,
     reverse_geocode,
 )
+from geovit.points import DEFAULT_POINT, describe
 from geovit.predictor import Predictor
 
 if TYPE_CHECKING:
@@ -54,18 +56,17 @@ def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def stream_logits(
+def _batches(
     predictor: Predictor,
     rows: pd.DataFrame,
-    *,
-    batch_size: int = 64,
-    workers: int = 0,
-    scaled: bool = True,
-    progress: Progress | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Yield (row indices, logits (B,K) float32, unreadable images in the batch) per batch."""
-    dataset, collate = shard_split(rows, predictor.transform) or (
-        ImageDataset(rows["image"].tolist(), None, predictor.transform),
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    workers: int,
+    progress: Progress | None,
+) -> Iterator[tuple[np.ndarray, torch.Tensor, int]]:
+    """Yield (row indices, readable images, unreadable images in the batch) per batch."""
+    dataset, collate = shard_split(rows, transform) or (
+        ImageDataset(rows["image"].tolist(), None, transform),
         collate_skip_bad,
     )
     loader = torch.utils.data.DataLoader(
@@ -77,10 +78,45 @@ def stream_logits(
     )
     for batch in loader:
         idx = batch["index"].numpy()
-        logits = np.asarray(predictor.logits(batch["image"], scaled=scaled)) if len(idx) else None
         if progress is not None:
             progress(len(idx) + batch["n_bad"])
-        yield idx, logits, int(batch["n_bad"])
+        yield idx, batch["image"], int(batch["n_bad"])
+
+
+def stream_logits(
+    predictor: Predictor,
+    rows: pd.DataFrame,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    scaled: bool = True,
+    progress: Progress | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Yield (row indices, logits (B,K) float32, unreadable images in the batch) per batch,
+    one crop per image (a temperature fit needs logits, not averaged probabilities)."""
+    for idx, images, bad in _batches(
+        predictor, rows, predictor.transform, batch_size, workers, progress
+    ):
+        logits = np.asarray(predictor.logits(images, scaled=scaled)) if len(idx) else None
+        yield idx, logits, bad
+
+
+def stream_outputs(
+    predictor: Predictor,
+    rows: pd.DataFrame,
+    need: frozenset[str] | set[str] = frozenset(),
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray] | None, int]]:
+    """Yield (row indices, predictor.infer's outputs (with its test-time crops) as NumPy,
+    unreadable images in the batch) per batch; outputs are None when no image was readable."""
+    for idx, images, bad in _batches(
+        predictor, rows, predictor.input_transform, batch_size, workers, progress
+    ):
+        out = predictor.infer(images, need) if len(idx) else None
+        yield idx, None if out is None else {k: np.asarray(v) for k, v in out.items()}, bad
 
 
 def _true_places(
@@ -189,19 +225,21 @@ def _evaluate(
     }
     n_bad = 0
     parts = []
-    for idx, logits, bad in stream_logits(
-        predictor, rows, batch_size=batch_size, workers=workers, progress=progress
+    point = predictor.point
+    for idx, out, bad in stream_outputs(
+        predictor, rows, point.needs, batch_size=batch_size, workers=workers, progress=progress
     ):
         n_bad += bad
-        if logits is None:
+        if out is None:
             continue
         truth = None
         if places:
             batch_labels = {level: v[idx] for level, v in place_labels.items()}
             truth = _true_places(batch_labels, lat[idx], lon[idx])
-        metrics.update(logits, labels[idx], lat[idx], lon[idx], truth)
+        logp = out["log_probs"]
+        metrics.update(logp, labels[idx], lat[idx], lon[idx], truth, pred=point.locate(out))
         if per_image:
-            parts.append(image_stats(cells, idx, logits, labels, lat, lon, sequence))
+            parts.append(image_stats(cells, idx, logp, labels, lat, lon, sequence))
     if n_bad == len(rows):
         raise GeovitError(
             f"none of the {len(rows)} {split!r} images could be read; check the image paths"
@@ -212,6 +250,8 @@ def _evaluate(
         "n_unreadable": n_bad,
         "n_classes": len(cells),
         "temperature": predictor.temperature,
+        "point": point.name,
+        "tta": predictor.tta,
         **metrics.compute(),
     }
     return result, pd.concat(parts, ignore_index=True) if per_image else None
@@ -268,6 +308,41 @@ def split_logits(
         )
     idx = np.concatenate([i for i, _ in parts])
     return np.concatenate([lg for _, lg in parts]), labels[idx]
+
+
+def index_split(
+    predictor: Predictor,
+    manifest: pd.DataFrame,
+    split: str = "train",
+    *,
+    ivf: int | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> Gallery:
+    """The retrieval gallery of one split: its readable images' embeddings (with the
+    predictor's test-time crops), points and cells, for this predictor's model only;
+    ``meta["n_unreadable"]`` counts the images that could not be read."""
+    rows = split_rows(manifest, split)
+    idx, emb, n_bad = [], [], 0
+    for i, out, bad in stream_outputs(
+        predictor, rows, {"embedding"}, batch_size=batch_size, workers=workers, progress=progress
+    ):
+        n_bad += bad
+        if out is not None:
+            idx.append(i)
+            emb.append(out["embedding"])
+    if not idx:
+        raise GeovitError(
+            f"none of the {len(rows)} {split!r} images could be read; check the image paths"
+        )
+    good = rows.iloc[np.concatenate(idx)]
+    lat, lon = good["latitude"].to_numpy(np.float64), good["longitude"].to_numpy(np.float64)
+    cells = predictor.cells
+    return Gallery.build(
+        np.concatenate(emb), lat, lon, cells.assign(lat, lon), len(cells),
+        predictor.fingerprint(), ivf=ivf, n_unreadable=n_bad, split=split,
+    )  # fmt: skip
 
 
 def calibrate(
@@ -334,7 +409,8 @@ def summary_tables(m: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
             ],
         ),
         (
-            "Distance error (predicted point = top cell's centroid)",
+            f"Distance error (predicted point = {describe(m.get('point', DEFAULT_POINT))}"
+            + (f", {m['tta']} test-time crops)" if m.get("tta", 1) > 1 else ")"),
             [
                 "mean km",
                 "median km",

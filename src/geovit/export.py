@@ -21,6 +21,7 @@ from geovit.errors import GeovitError
 from geovit.fileio import atomic_write
 from geovit.modelfolder import write_folder
 from geovit.onnxmodel import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SIDECAR_FORMAT
+from geovit.predictor import model_fingerprint
 
 
 class _Outputs(torch.nn.Module):
@@ -90,6 +91,7 @@ def export_onnx(
             train=ckpt.train,
             temperature=ckpt.temperature,
         ),
+        "fingerprint": model_fingerprint(ckpt.model),  # a retrieval gallery's model check
     }
     program.model.metadata_props[METADATA_KEY] = json.dumps(sidecar)
     atomic_write(out, lambda tmp: program.save(tmp, external_data=False))

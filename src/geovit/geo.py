@@ -15,6 +15,8 @@ from geovit.errors import GeovitError
 EARTH_RADIUS_KM = 6371.0
 GEOSCORE_SCALE_KM = 1492.7
 GEOSCORE_MAX = 5000.0
+# PIGEON's haversine label smoothing temperature, exp(-d / tau) like GeoScore (geovit.losses)
+DEFAULT_TAU_KM = 75.0
 
 
 def haversine_km(lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayLike) -> np.ndarray:

@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from geovit.errors import GeovitError
-from geovit.geo import EARTH_RADIUS_KM
+from geovit.geo import DEFAULT_TAU_KM, EARTH_RADIUS_KM
 
 LOSSES: dict[str, type[CellLoss]] = {}
-DEFAULT_TAU_KM = 75.0  # PIGEON's haversine smoothing temperature
 
 
 def register_loss(cls: type[CellLoss]) -> type[CellLoss]:

@@ -396,7 +396,8 @@ class Concentration:
 class GeoMetrics:
     """All evaluation metrics of a cell classifier, fed batch by batch.
 
-    The predicted location of an image is the centroid of its top cell. ``compute()`` returns one
+    The predicted location of an image is the centroid of its top cell unless ``update`` is
+    given another (geovit.points). ``compute()`` returns one
     JSON-ready dict (see the keys of the individual accumulators).
     """
 
@@ -425,13 +426,15 @@ class GeoMetrics:
         true_lat: np.ndarray,
         true_lon: np.ndarray,
         true_places: Mapping[str, Sequence[Any]] | None = None,
+        pred: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """logits: (B,K) temperature-scaled; labels: (B,) class or -1; true_places: level ->
-        labels in ``unique_*`` format, or None to geocode the true coordinates."""
+        labels in ``unique_*`` format, or None to geocode the true coordinates; pred: the
+        predicted (lat, lon) of distances and places, by default the top cell's centroid."""
         logp = log_softmax(logits)
         labels = np.asarray(labels, dtype=np.int64)
         top = logp.argmax(axis=1)
-        pred_lat, pred_lon = self.centroid_lat[top], self.centroid_lon[top]
+        pred_lat, pred_lon = pred or (self.centroid_lat[top], self.centroid_lon[top])
         self.cells.update(logp, labels)
         self.distance.update(true_lat, true_lon, pred_lat, pred_lon)
         if self.places is not None:

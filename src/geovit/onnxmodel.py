@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -23,12 +23,13 @@ from geovit.cells import CellPartition
 from geovit.contract import check_values
 from geovit.data.pixels import eval_array, load_rgb
 from geovit.errors import GeovitError
+from geovit.points import DEFAULT_POINT
 from geovit.prediction import ImageInput, PredictorBase
 
 SIDECAR_FORMAT = "geovit-onnx/1"
 METADATA_KEY = "geovit"
 INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
+OUTPUT_NAME = "logits"  # always the first output; then the head's others and "embedding"
 
 
 def sidecar_path(onnx_path: str | os.PathLike) -> Path:
@@ -65,6 +66,12 @@ def read_sidecar(onnx_path: str | os.PathLike, metadata: dict[str, str]) -> dict
     return meta
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in the logits' precision (float32, as torch computes it)."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in the logits' precision (float32, as torch.softmax computes it)."""
     z = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -74,8 +81,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class OnnxPredictor(PredictorBase):
     """A predictor whose model is an exported .onnx file run by onnxruntime.
 
-    Same preprocess / predict_proba / predict / decode API as the torch Predictor, on NumPy
-    arrays, so the evaluation, the server and the CLI take either.
+    Same preprocess / infer / predict / decode API as the torch Predictor, on NumPy arrays, so
+    the evaluation, the server and the CLI take either. Every exported output is available by
+    name (the hybrid head's "offset", the retrieval "embedding"); test-time crops are not.
     """
 
     device = "cpu"
@@ -89,11 +97,15 @@ class OnnxPredictor(PredictorBase):
         image_size: int,
         temperature: float = 1.0,
         batch_size: int = 32,
+        exported_fingerprint: str | None = None,
     ) -> None:
         super().__init__(cells, mean, std, image_size, temperature, batch_size)
         self.session = session
         self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name  # the logits (others: head, embedding)
+        # the first output is the logits whatever its name; the others keep theirs
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.exported_fingerprint = exported_fingerprint
+        self.configure()
 
     @classmethod
     def from_onnx(
@@ -136,7 +148,31 @@ class OnnxPredictor(PredictorBase):
             size,
             temperature=float(meta["temperature"]),
             batch_size=batch_size,
+            exported_fingerprint=meta.get("fingerprint"),
         )
+
+    def configure(
+        self,
+        point: str = DEFAULT_POINT,
+        index: str | os.PathLike | None = None,
+        tta: int = 1,
+    ) -> Self:
+        """PredictorBase.configure; test-time crops need the torch Predictor."""
+        if int(tta) != 1:
+            raise GeovitError(
+                f"--tta {tta} needs the torch predictor: pass --checkpoint instead of --onnx, "
+                "or use --tta 1"
+            )
+        return super().configure(point, index, tta)
+
+    def fingerprint(self) -> str:
+        """The exported model's weight fingerprint, recorded by `geovit export`."""
+        if not self.exported_fingerprint:
+            raise GeovitError(
+                "this ONNX model records no weight fingerprint (exported by an older geovit), "
+                "so no gallery can be checked against it; re-run `geovit export`"
+            )
+        return str(self.exported_fingerprint)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: Any = None) -> OnnxPredictor:
@@ -151,6 +187,8 @@ class OnnxPredictor(PredictorBase):
 
         return build_transform(self.image_size, self.mean, self.std, train=False)
 
+    input_transform = transform  # one crop: configure refuses test-time crops
+
     def preprocess(self, img: ImageInput) -> np.ndarray:
         """A PIL image, a path (or "ARCHIVE.zip::member") or encoded bytes -> float32 (3,S,S)."""
         return eval_array(load_rgb(img), self.image_size, self.mean, self.std)
@@ -162,20 +200,42 @@ class OnnxPredictor(PredictorBase):
     def logits(self, x: Any, scaled: bool = True) -> np.ndarray:
         """Logits (B,K) float32 of a batch (a NumPy array or a CPU tensor), divided by the
         temperature unless ``scaled=False``."""
-        feed = {self.input_name: np.ascontiguousarray(np.asarray(x, dtype=np.float32))}
-        out = self.session.run([self.output_name], feed)[0].astype(np.float32, copy=False)
+        out = self.outputs(x, ())[OUTPUT_NAME]
         return out / np.float32(self.temperature) if scaled else out
 
-    def predict_proba(self, x: Any) -> np.ndarray:
-        """Cell probabilities (B,K) = softmax(logits / T)."""
-        return softmax(self.logits(x))
+    def outputs(self, x: Any, need: Iterable[str]) -> dict[str, np.ndarray]:
+        """The logits and the exported outputs named in ``need``, float32, of a batch."""
+        names = [self.output_names[0], *need]
+        missing = sorted(set(need) - set(self.output_names[1:]))
+        if missing:
+            raise GeovitError(
+                f"this model has no {' or '.join(missing)} output, which the chosen --point "
+                "needs; export a model with that head, or choose another --point"
+            )
+        feed = {self.input_name: np.ascontiguousarray(np.asarray(x, dtype=np.float32))}
+        arrays = self.session.run(names, feed)
+        return {
+            name: a.astype(np.float32, copy=False)
+            for name, a in zip([OUTPUT_NAME, *need], arrays, strict=True)
+        }
+
+    def infer(self, x: Any, need: frozenset[str] | set[str] = frozenset()) -> dict[str, np.ndarray]:
+        """PredictorBase.infer in NumPy on one crop per image (B,3,S,S)."""
+        out = self.outputs(x, sorted(need))
+        z = out.pop(OUTPUT_NAME) / np.float32(self.temperature)
+        out.update(probs=softmax(z), log_probs=log_softmax(z))
+        if "embedding" in out:
+            e = out["embedding"]
+            out["embedding"] = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+        return out
 
 
-def load_predictor(path: str | os.PathLike) -> PredictorBase:
+def load_predictor(path: str | os.PathLike, **options: Any) -> PredictorBase:
     """An OnnxPredictor for an exported ``.onnx`` file, else the torch Predictor of a checkpoint
-    (torch is imported only then)."""
+    (torch is imported only then); ``options`` (point, index, tta) go to
+    :meth:`PredictorBase.configure`."""
     if Path(path).suffix.lower() == ".onnx":
-        return OnnxPredictor.from_onnx(path)
+        return OnnxPredictor.from_onnx(path).configure(**options)
     from geovit.predictor import Predictor
 
-    return Predictor.from_checkpoint(path)
+    return Predictor.from_checkpoint(path).configure(**options)

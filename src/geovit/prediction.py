@@ -2,9 +2,9 @@
 onnxruntime (geovit.onnxmodel).
 
 Everything here is torch-free, so `geovit predict --onnx` never imports torch or timm:
-`Prediction`, top-k decoding of a probability matrix against the cells, the batching and
-temperature-scaled softmax shared by both predictors (`PredictorBase`), and turning command-line
-arguments (files, folders, globs, zips) into image references.
+`Prediction`; `PredictorBase`, what both predictors share around the model call (inference
+options: point estimator, gallery, test-time crops; batching; top-k decoding); and turning
+command-line arguments (files, folders, globs, zips) into image references.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Self, overload
 
 import numpy as np
 
@@ -22,7 +22,9 @@ from geovit.cells import CellPartition
 from geovit.data.manifest import ZIP_SEP, open_zip, split_ref
 from geovit.data.pixels import ImageSource
 from geovit.errors import GeovitError
+from geovit.gallery import Gallery
 from geovit.metrics import topk_indices
+from geovit.points import DEFAULT_POINT, PointEstimator, make_point
 
 ImageInput = ImageSource
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -41,6 +43,7 @@ class Prediction:
     best_lat: float
     best_lon: float
     all_probs: np.ndarray | None = field(default=None, repr=False)
+    point: str = DEFAULT_POINT  # the estimator of the best guess (geovit.points)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: best guess plus one entry per top-k cell."""
@@ -73,11 +76,12 @@ class Prediction:
 
 class PredictorBase:
     """Cells, preprocessing constants and temperature of a model, and everything a predictor
-    does around the model call: top-k decoding, batching, one-image and many-image results.
+    does around the model call: the inference options, the point estimate, top-k decoding,
+    batching, one-image and many-image results.
 
     Subclasses say how to run the model: ``preprocess`` (one image -> model input),
-    ``predict_proba`` (a batch -> probabilities (B,K), any array type NumPy can read) and
-    ``stack`` (inputs -> a batch).
+    ``infer`` (a batch -> "probs", "log_probs" and the requested outputs, any array type NumPy
+    can read), ``stack`` (inputs -> a batch) and ``fingerprint`` (the weights' identity).
     """
 
     def __init__(
@@ -98,26 +102,70 @@ class PredictorBase:
         self.temperature = float(temperature)
         self.batch_size = int(batch_size)
 
-    def preprocess(self, img: ImageInput) -> Any:
-        """One image -> the model's input (3,S,S)."""
+    def configure(
+        self,
+        point: str = DEFAULT_POINT,
+        index: str | os.PathLike | None = None,
+        tta: int = 1,
+    ) -> Self:
+        """Choose how predictions are made (returns self): the best guess's ``point`` estimator
+        (geovit.points; ``retrieval`` needs the gallery ``index`` built for this model by
+        ``geovit index``) and ``tta``, the number of test-time crops whose softmax is averaged.
+        A model lacking an output the estimator needs fails here, in one line."""
+        gallery = None if index is None else Gallery.load(index, self.fingerprint())
+        estimator = make_point(point, self.cells, gallery)
+        self.tta = int(tta)
+        if estimator.needs:
+            size = self.image_size
+            self.infer(np.zeros((1, 3, size, size), np.float32), estimator.needs)
+        self.point: PointEstimator = estimator
+        return self
+
+    def fingerprint(self) -> str:
+        """The model's identity (a hash of its weights); a retrieval gallery records it to
+        refuse another model's embeddings."""
         raise NotImplementedError
 
-    def predict_proba(self, x: Any) -> Any:
-        """Cell probabilities (B,K) = softmax(logits / T) of a preprocessed batch."""
+    def preprocess(self, img: ImageInput) -> Any:
+        """One image -> the model's input (3,S,S), or (tta,3,S,S) with test-time crops."""
+        raise NotImplementedError
+
+    def infer(self, x: Any, need: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+        """Outputs (float32) of images (B,3,S,S) or of crops of them (B,N,3,S,S): "probs"
+        (B,K) = softmax(logits / T), for crops the mean of the per-crop softmaxes, and
+        "log_probs" its log, plus the model outputs named in ``need`` ("embedding",
+        L2-normalized; "offset"), averaged over the crops."""
         raise NotImplementedError
 
     def stack(self, inputs: Sequence[Any]) -> Any:
-        """Preprocessed images -> one batch (B,3,S,S)."""
+        """Preprocessed images -> one batch (B,3,S,S) (or (B,N,3,S,S) with crops)."""
         raise NotImplementedError
 
-    def decode(self, probs: np.ndarray, top_k: int = 5, keep_all: bool = False) -> list[Prediction]:
-        """Top-k cells of each row of a probability matrix (B,K)."""
+    def predict_proba(self, x: Any) -> Any:
+        """Cell probabilities (B,K) = softmax(logits / T) (crops (B,N,3,S,S): their mean)."""
+        return self.infer(x)["probs"]
+
+    def estimate(self, x: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Probabilities (B,K) and the point estimator's (lat, lon) of a batch."""
+        out = {k: np.asarray(v) for k, v in self.infer(x, self.point.needs).items()}
+        return out["probs"], self.point.locate(out)
+
+    def decode(
+        self,
+        probs: np.ndarray,
+        top_k: int = 5,
+        keep_all: bool = False,
+        best: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[Prediction]:
+        """Top-k cells of each row of a probability matrix (B,K); the best guess is ``best``
+        (lat, lon) per row, or the top cell's centroid."""
         probs = np.asarray(probs, dtype=np.float64)
         top = topk_indices(probs, top_k)
         tokens = self.cells.tokens
         out = []
-        for row, idx in zip(probs, top, strict=True):
+        for i, (row, idx) in enumerate(zip(probs, top, strict=True)):
             lat, lon = self.cells.centroid_lat[idx], self.cells.centroid_lon[idx]
+            best_lat, best_lon = (lat[0], lon[0]) if best is None else (best[0][i], best[1][i])
             out.append(
                 Prediction(
                     indices=idx,
@@ -126,19 +174,21 @@ class PredictorBase:
                     lat=lat,
                     lon=lon,
                     names=[str(n) for n in self.cells.names[idx]],
-                    best_lat=float(lat[0]),
-                    best_lon=float(lon[0]),
+                    best_lat=float(best_lat),
+                    best_lon=float(best_lon),
                     all_probs=row if keep_all else None,
+                    point=self.point.name if best is not None else DEFAULT_POINT,
                 )
             )
         return out
 
     def predict_tensors(self, x: Any, top_k: int = 5) -> list[Prediction]:
-        """Predictions for preprocessed images (B,3,S,S), in batches of ``batch_size``."""
+        """Predictions for preprocessed images (B,3,S,S) (or their crops (B,N,3,S,S)), in
+        batches of ``batch_size``."""
         out: list[Prediction] = []
         for start in range(0, len(x), self.batch_size):
-            probs = self.predict_proba(x[start : start + self.batch_size])
-            out += self.decode(np.asarray(probs), top_k)
+            probs, best = self.estimate(x[start : start + self.batch_size])
+            out += self.decode(probs, top_k, best=best)
         return out
 
     @overload
@@ -159,8 +209,8 @@ class PredictorBase:
         """
         if isinstance(img, list | tuple):
             return self.predict_many(img, top_k)
-        x = self.stack([self.preprocess(img)])
-        return self.decode(np.asarray(self.predict_proba(x)), top_k, keep_all=True)[0]
+        probs, best = self.estimate(self.stack([self.preprocess(img)]))
+        return self.decode(probs, top_k, keep_all=True, best=best)[0]
 
     def predict_many(self, images: Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:
         """One Prediction per image, in order (always a list, empty for no images)."""

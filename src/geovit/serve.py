@@ -69,13 +69,15 @@ BASEMAP_PATH = _PACKAGE / "assets" / "basemap.json"
 
 
 class ServablePredictor(Protocol):
-    """What the server needs: geovit.predictor.Predictor and geovit.export.OnnxPredictor fit."""
+    """What the server needs: geovit.predictor.Predictor and geovit.onnxmodel.OnnxPredictor fit."""
 
     cells: Any
     image_size: int
     mean: Any
     std: Any
     transform: Any  # decoded uint8 (3,H,W) -> model input, what preprocess applies after decoding
+    point: Any  # the best guess's estimator (geovit.points), set by Predictor.configure
+    tta: int  # test-time crops whose softmax is averaged
 
     def preprocess(self, img: Any) -> Any: ...
 
@@ -394,6 +396,8 @@ def create_app(
             "image_size": int(predictor.image_size),
             "backend": backend,
             "top_k": k,
+            "point": predictor.point.name,
+            "tta": predictor.tta,
             "max_bytes": max_bytes,
             "max_pixels": max_pixels,
             "geovit_version": __version__,

@@ -61,115 +61,20 @@ from geovit.data.images import (
 from geovit.errors import GeovitError
 from geovit.fileio import atomic_write
 from geovit.geo import geoscore, haversine_km
-from geovit.heads import OFFSET_LOSSES
-from geovit.losses import DEFAULT_TAU_KM, LOSSES, create_loss
+from geovit.losses import create_loss
 from geovit.model import GeoViT, ModelConfig
-from geovit.monitor import Monitor, parse_monitor
+from geovit.monitor import Monitor
+from geovit.train_config import STAGES, TrainConfig
 
 log = logging.getLogger(__name__)
 
 PARTS = ("cnn", "proj", "vit", "head")  # GeoViT.named_parts(), in that order
-STAGES = ("heads", "full", "vit")
 TRAINABLE: dict[int, tuple[str, ...]] = {
     0: ("proj", "head"),
     1: ("cnn", "proj", "vit", "head"),
     2: ("proj", "vit", "head"),
 }
-SCHEDULERS = ("plateau", "cosine")
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 TOPK = (1, 3, 5)
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of a run (stored in every checkpoint under ``train["config"]``)."""
-
-    epochs: int = 23
-    freeze_epochs: int = 3  # stage 1 ("full") starts here
-    cnn_refreeze_epoch: int = 20  # stage 2 ("vit") starts here
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    scheduler: str = "plateau"
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2
-    warmup_epochs: float = 1.0  # cosine only
-    label_smoothing: float = 0.0  # "ce" only
-    # the classification loss (geovit.losses.LOSSES) and, for "haversine", its temperature (km)
-    loss: str = "ce"
-    tau: float = DEFAULT_TAU_KM
-    # the hybrid head's offset regression: loss = classification + offset_weight * L1/L2
-    offset_weight: float = 1.0
-    offset_loss: str = "l1"
-    grad_clip: float | None = 1.0
-    precision: str = "32"
-    channels_last: bool = False
-    hflip: bool = False
-    workers: int = 4
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
-    seed: int = 0
-    limit_train_batches: int | float = 1.0
-    limit_val_batches: int | float = 1.0
-    # The metric whose best epoch becomes model.pt: the one default, chosen by measurement on
-    # real photos (bench/RESULTS.md, Im2GPS3k): val/acc1 ties on small val splits and kept the
-    # worse epoch of the CNN-only run; val/geoscore is continuous and kept the best test epoch.
-    monitor: str = Monitor.geoscore.value
-
-    def __post_init__(self) -> None:
-        self.monitor = parse_monitor(self.monitor).value  # a plain str: checkpoints hold no Enum
-        if not 0 <= self.freeze_epochs <= self.cnn_refreeze_epoch:
-            raise GeovitError(
-                f"stage boundaries freeze_epochs={self.freeze_epochs}, cnn_refreeze_epoch="
-                f"{self.cnn_refreeze_epoch} must satisfy 0 <= freeze_epochs <= cnn_refreeze_epoch"
-            )
-        if self.scheduler not in SCHEDULERS:
-            raise GeovitError(f"unknown scheduler {self.scheduler!r}: use one of {SCHEDULERS}")
-        if self.loss not in LOSSES:
-            raise GeovitError(f"unknown loss {self.loss!r}: use one of {tuple(LOSSES)}")
-        if self.offset_loss not in OFFSET_LOSSES:
-            raise GeovitError(
-                f"unknown offset loss {self.offset_loss!r}: use one of {OFFSET_LOSSES}"
-            )
-        if not self.offset_weight >= 0:
-            raise GeovitError(f"offset weight {self.offset_weight} must be >= 0")
-        if self.precision not in PRECISIONS:
-            raise GeovitError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise GeovitError("epochs and batch size must be >= 1 and lr > 0")
-
-    def stage_spans(self) -> list[tuple[str, int, int]]:
-        """(stage, first epoch, last epoch) of each stage that runs within `epochs`."""
-        bounds = (0, min(self.freeze_epochs, self.epochs),
-                  min(self.cnn_refreeze_epoch, self.epochs), self.epochs)  # fmt: skip
-        return [
-            (STAGES[i], bounds[i], bounds[i + 1] - 1)
-            for i in range(len(STAGES))
-            if bounds[i + 1] > bounds[i]
-        ]
-
-    def stage_warning(self) -> str | None:
-        """A sentence naming the stages that will run when --epochs cuts the schedule short (e.g.
-        --epochs 2 with --freeze-epochs 3 trains the heads only); None when all three run."""
-        spans = self.stage_spans()
-        if len(spans) == len(STAGES):
-            return None
-        runs = ", ".join(f"{name} (epochs {a}-{b})" for name, a, b in spans)
-        missing = [name for name in STAGES if name not in {n for n, _, _ in spans}]
-        return (
-            f"with --epochs {self.epochs}, --freeze-epochs {self.freeze_epochs} and "
-            f"--cnn-refreeze-epoch {self.cnn_refreeze_epoch} only these stages run: {runs}; "
-            f"skipped: {', '.join(missing)}. Lower the stage epochs to run them"
-        )
-
-    def stage(self, epoch: int) -> int:
-        """The stage (0, 1, 2) an epoch belongs to."""
-        return int(epoch >= self.freeze_epochs) + int(epoch >= self.cnn_refreeze_epoch)
-
-    @property
-    def distributed(self) -> bool:
-        return not (str(self.devices) == "1" and self.num_nodes == 1)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -242,6 +147,9 @@ class GeoViTModule(L.LightningModule):
                 f"model has {wanted} classes (main, then coarser partitions) but the cells files "
                 f"{sizes}: build the model config from these cells"
             )
+        # the run's hyper-parameters for the loggers (TensorBoard's HPARAMS tab, hparams.yaml)
+        self.save_hyperparameters({"train": dataclasses.asdict(config),
+                                   "model": model_config.to_dict()})  # fmt: skip
         self.model = GeoViT(model_config)
         self.cells = cells
         self.extra_cells = tuple(extra_cells)
@@ -626,7 +534,8 @@ class TrainResult:
     bad_images: dict = field(default_factory=dict)  # unreadable images of the last epoch
 
 
-RUN_FILES = ("best*.ckpt", "last*.ckpt", "model.pt", "logs", "tb")  # what a run writes
+# what a run writes
+RUN_FILES = ("best*.ckpt", "last*.ckpt", "model.pt", "logs", "tb", "config.yaml")
 
 
 def prepare_run_folder(out: Path, *, resume: str | Path | None, overwrite: bool) -> None:

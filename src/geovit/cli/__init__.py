@@ -1,15 +1,24 @@
-"""Command-line interface: thin wrappers that parse options and call the pipeline modules."""
+"""Command-line interface: thin wrappers that parse options and call the pipeline modules.
+
+One file per command, named after it (`cells` and `weights` hold their sub-commands)."""
 
 from geovit.cli import (  # noqa: F401  (importing registers the commands)
+    calibrate,
+    card,
     cells,
-    data,
     demo,
     download,
     evaluate,
     explain,
+    export,
+    index,
+    map,
+    predict,
     push,
+    report,
     serve,
     shards,
+    synth,
     train,
     weights,
 )

@@ -9,22 +9,8 @@ from rich.table import Table
 
 from geovit.cells import T1_DEFAULT, T2_DEFAULT, CellPartition
 from geovit.cli._app import app
-from geovit.cli._common import (
-    DATA_FORMAT,
-    ENCODING,
-    IMAGE_COL,
-    IMAGE_TEMPLATE,
-    LAT_COL,
-    LON_COL,
-    SEP,
-    SPLIT_SEED,
-    VAL_FRACTION,
-    VAL_SPLIT,
-    TableColumns,
-    console,
-    friendly,
-    load_split_manifest,
-)
+from geovit.cli._common import console, dataset_options, friendly, load_split_manifest
+from geovit.dataset_options import DatasetOptions
 from geovit.errors import GeovitError
 from geovit.fileio import ensure_writable
 from geovit.s2 import MAX_LEVEL
@@ -58,6 +44,7 @@ def print_summary(cells: CellPartition, title: str) -> None:
 
 @cells_app.command("build")
 @friendly
+@dataset_options
 def build(
     data: Path = typer.Argument(..., help="Dataset folder or table (any format geovit reads)."),
     t1: int = typer.Option(T1_DEFAULT, "--t1", help="Split cells holding more points than this."),
@@ -65,37 +52,20 @@ def build(
     out: Path = typer.Option(Path("cells.parquet"), "--out", "-o", help="Partition file to write."),
     min_level: int = typer.Option(0, "--min-level", help="Split every cell down to this level."),
     max_level: int = typer.Option(MAX_LEVEL, "--max-level", help="Never split below this level."),
-    fmt: str = DATA_FORMAT,
-    image_col: str = IMAGE_COL,
-    lat_col: str = LAT_COL,
-    lon_col: str = LON_COL,
-    image_template: str = IMAGE_TEMPLATE,
-    sep: str = SEP,
-    encoding: str = ENCODING,
-    val_fraction: float = VAL_FRACTION,
-    val_split: str = VAL_SPLIT,
-    split_seed: int = SPLIT_SEED,
     every_point: bool = typer.Option(
         False, "--all", help="Partition every point (no val/test held out): not for training."
     ),
+    *,
+    dataset: DatasetOptions,
 ) -> None:
     """Build the adaptive cells from the train split of DATA and write them to --out.
 
     DATA may hold coordinates only (no images): a table with latitude/longitude columns.
     """
     # --all holds nothing out, and partitions the rows of every split the data has
-    no_holdout = {"test_fraction": 0.0} if every_point else {}
+    no_holdout = {"val_fraction": 0.0, "test_fraction": 0.0} if every_point else {}
     ensure_writable(out.parent)
-    manifest, _ = load_split_manifest(
-        data,
-        fmt,
-        0.0 if every_point else val_fraction,
-        val_split,
-        split_seed,
-        TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding),
-        need_images=False,
-        **no_holdout,
-    )
+    manifest, _ = load_split_manifest(data, dataset, need_images=False, **no_holdout)
     train = manifest if every_point else manifest[manifest["split"] == "train"]
     if train.empty:
         raise GeovitError(f"{data} has no train records to build cells from; check its splits")

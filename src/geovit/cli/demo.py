@@ -1,4 +1,4 @@
-"""CLI commands: demo (the whole pipeline offline) and card (model card + datasheet)."""
+"""CLI command: `geovit demo` (the whole pipeline on a synthetic world, offline)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,8 @@ from pathlib import Path
 import typer
 
 from geovit.cli._app import app
-from geovit.cli._common import (
-    CHECKPOINT,
-    DATA,
-    DATA_FORMAT,
-    ENCODING,
-    IMAGE_COL,
-    IMAGE_TEMPLATE,
-    LAT_COL,
-    LON_COL,
-    SEP,
-    SPLIT_SEED,
-    VAL_FRACTION,
-    VAL_SPLIT,
-    TableColumns,
-    console,
-    friendly,
-    load_split_manifest,
-    read_metrics,
-    track,
-)
+from geovit.cli._common import console, friendly, track
+from geovit.demo_settings import DemoSettings, stage_boundaries
 from geovit.fileio import write_text
 
 
@@ -36,22 +18,21 @@ from geovit.fileio import write_text
 @friendly
 def demo(
     out: Path = typer.Option(Path("demo_run"), "--out", help="Folder for every artefact."),
-    n: int = typer.Option(None, help="Synthetic images to generate [default: 6000]."),
-    seed: int = typer.Option(None, help="Seed of the world and the training run [default: 0]."),
+    n: int = typer.Option(DemoSettings.n, help="Synthetic images to generate."),
+    seed: int = typer.Option(DemoSettings.seed, help="Seed of the world and the training run."),
     epochs: int = typer.Option(
-        None, help="Training epochs; the three stages keep the design's proportions [default: 6]."
+        DemoSettings.epochs, help="Training epochs; the three stages keep the design's proportions."
     ),
 ) -> None:
     """Run every stage on a synthetic world: synth, cells, train, calibrate, evaluate, explain,
     maps, report, model card and datasheet. Offline, a few minutes on a laptop CPU."""
-    from geovit.demo import DemoSettings, run_demo, stage_boundaries
+    from geovit.demo import run_demo
 
     start = time.perf_counter()
-    given = {"n": n, "seed": seed}
-    if epochs is not None:
-        freeze, refreeze = stage_boundaries(epochs)
-        given |= {"epochs": epochs, "freeze_epochs": freeze, "cnn_refreeze_epoch": refreeze}
-    settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
+    freeze, refreeze = stage_boundaries(epochs)  # the defaults' own schedule at the default
+    settings = DemoSettings(
+        n=n, seed=seed, epochs=epochs, freeze_epochs=freeze, cnn_refreeze_epoch=refreeze
+    )
     result = run_demo(
         out, settings, say=lambda line: console.print(line, highlight=False), track=track
     )
@@ -73,43 +54,3 @@ def demo(
         console.print(f"  {name:12s} {path}")
     write_text(out / "baselines.json", json.dumps(b, indent=2))
     console.print(f"done in {time.perf_counter() - start:,.0f} s; open {result.files['report']}")
-
-
-@app.command()
-@friendly
-def card(
-    checkpoint: Path = CHECKPOINT,
-    data: Path = DATA,
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for MODEL_CARD.md and DATASHEET.md."),
-    metrics: Path = typer.Option(
-        None, help="metrics.json of an earlier `geovit evaluate` (else the test split is scored)."
-    ),
-    name: str = typer.Option(None, help="Dataset name for the documents (default: the folder)."),
-    fmt: str = DATA_FORMAT,
-    image_col: str = IMAGE_COL,
-    lat_col: str = LAT_COL,
-    lon_col: str = LON_COL,
-    image_template: str = IMAGE_TEMPLATE,
-    sep: str = SEP,
-    encoding: str = ENCODING,
-    val_fraction: float = VAL_FRACTION,
-    val_split: str = VAL_SPLIT,
-    split_seed: int = SPLIT_SEED,
-) -> None:
-    """Write MODEL_CARD.md (Hugging Face format) and DATASHEET.md from a run's own numbers."""
-    from geovit.card import describe_dataset, write_cards
-    from geovit.checkpoint import load_checkpoint
-    from geovit.evaluation import evaluate
-    from geovit.predictor import Predictor
-
-    columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
-    manifest, report = load_split_manifest(data, fmt, val_fraction, val_split, split_seed, columns)
-    ckpt = load_checkpoint(checkpoint)
-    if metrics is None:
-        scores = evaluate(Predictor.from_loaded(ckpt), manifest, "test")
-    else:
-        scores = read_metrics(metrics)
-    info = describe_dataset(data, name or data.resolve().name)
-    paths = write_cards(out, ckpt, scores, manifest, report.lines(), info)
-    for path in paths:
-        console.print(f"wrote {path}")

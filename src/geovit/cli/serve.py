@@ -1,20 +1,15 @@
-"""CLI commands: serve (HTTP API + web page) and export (ONNX)."""
+"""CLI command: `geovit serve` (HTTP API + web page)."""
 
 from __future__ import annotations
 
 import ipaddress
-from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from geovit.cli._app import app
-from geovit.cli._common import console, err_console, friendly
-
-
-class ExportFormat(StrEnum):
-    onnx = "onnx"
-    safetensors = "safetensors"
+from geovit.cli._common import console, err_console, friendly, inference_options
 
 
 def _is_loopback(host: str) -> bool:
@@ -26,6 +21,7 @@ def _is_loopback(host: str) -> bool:
 
 @app.command()
 @friendly
+@inference_options
 def serve(
     checkpoint: Path = typer.Option(
         ..., "--checkpoint", "-c", help="checkpoint (.pt / .ckpt) or exported model.onnx"
@@ -37,12 +33,14 @@ def serve(
     max_megapixels: float = typer.Option(
         40.0, "--max-megapixels", min=0.001, help="largest image, megapixels (decompression bombs)"
     ),
+    *,
+    inference: dict[str, Any],
 ) -> None:
     """Serve the web page (/) and the HTTP API (/predict, /explain, /cells, /health, /docs)."""
     from geovit.onnxmodel import load_predictor
     from geovit.serve import create_app, run
 
-    predictor = load_predictor(checkpoint)
+    predictor = load_predictor(checkpoint, **inference)
     web_app = create_app(
         predictor,
         max_bytes=int(max_mb * 1e6),
@@ -59,30 +57,3 @@ def serve(
         "(API docs at /docs; that page loads Swagger UI from a CDN, the main page is offline)"
     )
     run(web_app, host=host, port=port)
-
-
-@app.command()
-@friendly
-def export(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="checkpoint (.pt / .ckpt)"),
-    format: ExportFormat = typer.Option(
-        ExportFormat.onnx, "--format", help="onnx, or safetensors (a folder: no pickle)"
-    ),
-    out: Path = typer.Option(
-        Path("model.onnx"), "--out", "-o", help="file to write (a folder for safetensors)"
-    ),
-    opset: int | None = typer.Option(None, help="ONNX opset (default: the exporter's)"),
-) -> None:
-    """Export the classifier to one ONNX file (dynamic batch) with the cells and preprocessing
-    embedded in its metadata (`geovit predict --onnx` and `geovit serve` run it with
-    onnxruntime), or to a safetensors folder (model.safetensors, config.json, cells.parquet)
-    any command loads."""
-    from geovit.export import export_folder, export_onnx
-
-    if format == ExportFormat.safetensors:
-        folder = export_folder(checkpoint, out.with_suffix("") if out.suffix == ".onnx" else out)
-        console.print(f"wrote {folder}/: {', '.join(sorted(p.name for p in folder.iterdir()))}")
-        return
-    path = export_onnx(checkpoint, out, opset=opset)
-    size_mb = path.stat().st_size / 1e6
-    console.print(f"wrote {path} ({size_mb:.1f} MB, cells and preprocessing embedded)")

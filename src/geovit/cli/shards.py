@@ -9,33 +9,30 @@ import typer
 from geovit.cli._app import app
 from geovit.cli._common import (
     DATA,
-    DATA_FORMAT,
-    SPLIT_SEED,
-    VAL_FRACTION,
-    VAL_SPLIT,
     console,
+    dataset_options,
     friendly,
     load_split_manifest,
     track,
 )
+from geovit.dataset_options import DatasetOptions
 
 
 @app.command()
 @friendly
+@dataset_options
 def shards(
     data: Path = DATA,
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the shards."),
     chunk_bytes: str = typer.Option("64MB", help="Size of one litdata chunk."),
-    fmt: str = DATA_FORMAT,
-    val_fraction: float = VAL_FRACTION,
-    val_split: str = VAL_SPLIT,
-    split_seed: int = SPLIT_SEED,
+    *,
+    dataset: DatasetOptions,
 ) -> None:
     """Write DATA as streaming shards (images stay encoded; labels, coordinates and places
     alongside) that `geovit train --data SHARDS` streams; the val hold-out is fixed here."""
     from geovit.data.shards import write_shards
 
-    manifest, _ = load_split_manifest(data, fmt, val_fraction, val_split, split_seed)
+    manifest, _ = load_split_manifest(data, dataset)
     with track("writing shards", len(manifest)) as advance:
         report = write_shards(manifest, out, chunk_bytes=chunk_bytes, progress=advance)
     for line in report.lines():

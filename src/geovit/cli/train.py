@@ -1,9 +1,17 @@
-"""CLI command: `geovit train` (three-stage GeoViT training, 1 CPU to many GPUs)."""
+"""CLI command: `geovit train` (three-stage GeoViT training, 1 CPU to many GPUs).
+
+Its hyper-parameter flags are generated from TrainConfig's fields (defaults included), so a new
+field is a flag by itself; its help line goes in TRAIN_HELP.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,31 +19,115 @@ from geovit.cli._app import app
 from geovit.cli._common import (
     CACHE_DIR,
     DATA,
-    DATA_FORMAT,
-    ENCODING,
-    IMAGE_COL,
-    IMAGE_TEMPLATE,
-    LAT_COL,
-    LON_COL,
-    SEP,
-    SPLIT_SEED,
     THREADS,
-    VAL_FRACTION,
-    VAL_SPLIT,
-    TableColumns,
+    choices,
     console,
+    dataset_options,
     err_console,
     friendly,
+    grouped,
     load_split_manifest,
+    option,
+    plain,
     set_threads,
 )
+from geovit.cli._config_file import CONFIG, write_config
+from geovit.dataset_options import DatasetOptions
 from geovit.errors import GeovitError
 from geovit.monitor import Monitor
+from geovit.train_config import PRECISIONS, SCHEDULERS, TrainConfig
+
+PRESETS = ("seed", "small", "lite")  # geovit.model.PRESETS (torch-free copy; a test compares)
+ARCHS = ("hybrid", "cnn", "vit")  # geovit.model.ARCHS (likewise)
+Preset = choices("Preset", PRESETS)
+Arch = choices("Arch", ARCHS)
+
+TRAIN_HELP = {
+    "epochs": "Total epochs over all three stages.",
+    "freeze_epochs": "Stage 1 (all layers) starts at this epoch.",
+    "cnn_refreeze_epoch": "Stage 2 (CNN frozen) starts at this epoch.",
+    "batch_size": "Images per device per step.",
+    "lr": "AdamW learning rate.",
+    "weight_decay": "AdamW weight decay (not on norms/biases).",
+    "scheduler": "LR schedule: plateau (on val loss) or cosine (with warmup).",
+    "plateau_factor": "plateau: multiply the LR by this when val loss stalls.",
+    "plateau_patience": "plateau: epochs without improvement before the LR drops.",
+    "warmup_epochs": "Cosine warmup length in epochs.",
+    "label_smoothing": "Cross-entropy label smoothing (ce loss).",
+    "loss": "ce (cross-entropy) or haversine (PIGEON's geographic smoothing).",
+    "tau": "Haversine smoothing temperature in km.",
+    "offset_weight": "Weight of the hybrid head's offset loss.",
+    "offset_loss": "l1 or l2 offset loss.",
+    "grad_clip": "Clip the gradient norm (0: off).",
+    "precision": "Numeric precision of training.",
+    "channels_last": "channels_last memory format for the CNN.",
+    "hflip": "Random horizontal flips (swap driving sides!).",
+    "workers": "DataLoader worker processes per device.",
+    "accelerator": "auto, cpu, gpu, ...",
+    "devices": "Devices per node (e.g. 4, or auto).",
+    "num_nodes": "Nodes (DDP; launch with torchrun or srun).",
+    "seed": "Seed of initialisation, shuffling and augmentation.",
+    "limit_train_batches": "Fraction (<=1) or count of batches.",
+    "limit_val_batches": "Fraction (<=1) or count of batches.",
+    "monitor": "Validation metric whose best epoch is kept as model.pt (the default was "
+    "measured best on real photos).",
+}
+CHOICES = {
+    "scheduler": choices("Scheduler", SCHEDULERS),
+    "precision": choices("Precision", PRECISIONS),
+    "monitor": Monitor,
+}
+
+
+def _batches(value: float) -> int | float:
+    """Lightning reads 1.0 as 'all batches' and an int as a count."""
+    return int(value) if value > 1 else value
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+FROM_CLI: dict[str, Callable[[Any], Any]] = {  # where a flag's value is not the field's as it is
+    "grad_clip": lambda v: v or None,
+    "devices": _devices,
+    "limit_train_batches": _batches,
+    "limit_val_batches": _batches,
+}
+
+
+def _cli_type(name: str, hint: Any) -> Any:
+    """The flag's type: the field's choices as an Enum, else its (non-None) type; a field that
+    takes int or str (devices) is read as str, int or float (batch limits) as float."""
+    if name in CHOICES:
+        return CHOICES[name]
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    return kinds[0] if len(kinds) == 1 else str if str in kinds else float
+
+
+def _train_options() -> tuple[typing.Any, ...]:
+    hints = typing.get_type_hints(TrainConfig)
+    return tuple(
+        option(f.name, _cli_type(f.name, hints[f.name]),
+               typer.Option(f.default, help=TRAIN_HELP.get(f.name, f"TrainConfig.{f.name}")))
+        for f in dataclasses.fields(TrainConfig)
+    )  # fmt: skip
+
+
+def _train_config(**values: Any) -> TrainConfig:
+    return TrainConfig(**{k: FROM_CLI.get(k, plain)(plain(v)) for k, v in values.items()})
+
+
+TRAIN_OPTIONS = _train_options()
+train_options = grouped("hparams", TRAIN_OPTIONS, _train_config)
 
 
 @app.command("train")
 @friendly
+@dataset_options
+@train_options
 def train(
+    ctx: typer.Context,
     data: Path = DATA,
     cells_paths: list[Path] = typer.Option(
         None,
@@ -45,12 +137,13 @@ def train(
         "multiply in their parent cell's probability.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, model.pt."),
-    preset: str = typer.Option(
-        "seed",
+    config_file: Path = CONFIG,
+    preset: Preset = typer.Option(
+        Preset.seed,
         help="Model defaults: seed (the design, GPU), small (CPU), lite (EfficientNet-Lite0 with "
         "offline ImageNet weights from geovit[lite]); --cnn/--vit/--arch override them.",
     ),
-    arch: str = typer.Option(
+    arch: Arch = typer.Option(
         None, help="hybrid (CNN -> ViT, the design), cnn or vit alone (default: hybrid)."
     ),
     cnn: str = typer.Option(None, "--cnn", help="timm CNN name (default: the preset's)."),
@@ -67,97 +160,35 @@ def train(
     ),
     cnn_weights: Path = typer.Option(None, help="Local CNN weights (.safetensors/.pth)."),
     vit_weights: Path = typer.Option(None, help="Local ViT weights (.safetensors/.pth)."),
-    epochs: int = typer.Option(23, help="Total epochs over all three stages."),
-    freeze_epochs: int = typer.Option(3, help="Stage 1 (all layers) starts at this epoch."),
-    cnn_refreeze_epoch: int = typer.Option(20, help="Stage 2 (CNN frozen) starts at this epoch."),
-    batch_size: int = typer.Option(64, help="Images per device per step."),
-    lr: float = typer.Option(1e-4, help="AdamW learning rate."),
-    weight_decay: float = typer.Option(0.05, help="AdamW weight decay (not on norms/biases)."),
-    scheduler: str = typer.Option("plateau", help="plateau (on val loss) or cosine (warmup)."),
-    warmup_epochs: float = typer.Option(1.0, help="Cosine warmup length in epochs."),
-    label_smoothing: float = typer.Option(0.0, help="Cross-entropy label smoothing."),
     head: str = typer.Option(
         None, help="linear (cells) or hybrid (cells + offset within the cell) (default: linear)."
     ),
-    loss: str = typer.Option(
-        "ce", help="ce (cross-entropy) or haversine (PIGEON's geographic smoothing)."
-    ),
-    tau: float = typer.Option(75.0, help="Haversine smoothing temperature in km."),
-    offset_weight: float = typer.Option(1.0, help="Weight of the hybrid head's offset loss."),
-    offset_loss: str = typer.Option("l1", help="l1 or l2 offset loss."),
-    grad_clip: float = typer.Option(1.0, help="Clip the gradient norm (0: off)."),
-    precision: str = typer.Option("32", help="32, bf16-mixed or 16-mixed."),
-    channels_last: bool = typer.Option(False, help="channels_last memory format for the CNN."),
-    hflip: bool = typer.Option(False, help="Random horizontal flips (swap driving sides!)."),
-    workers: int = typer.Option(4, help="DataLoader worker processes per device."),
     threads: int = THREADS,
-    monitor: Monitor = typer.Option(
-        None,
-        help="Validation metric whose best epoch is kept as model.pt "
-        "(default: TrainConfig.monitor, measured best on real photos).",
-    ),
-    accelerator: str = typer.Option("auto", help="auto, cpu, gpu, ..."),
-    devices: str = typer.Option("1", help="Devices per node (e.g. 4, or auto)."),
-    num_nodes: int = typer.Option(1, help="Nodes (DDP; launch with torchrun or srun)."),
-    seed: int = typer.Option(0, help="Seed of initialisation, shuffling and augmentation."),
-    val_fraction: float = VAL_FRACTION,
-    val_split: str = VAL_SPLIT,
-    split_seed: int = SPLIT_SEED,
-    fmt: str = DATA_FORMAT,
-    image_col: str = IMAGE_COL,
-    lat_col: str = LAT_COL,
-    lon_col: str = LON_COL,
-    image_template: str = IMAGE_TEMPLATE,
-    sep: str = SEP,
-    encoding: str = ENCODING,
     cache_dir: Path = CACHE_DIR,
-    limit_train_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
-    limit_val_batches: float = typer.Option(1.0, help="Fraction (<=1) or count of batches."),
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
     overwrite: bool = typer.Option(
         False, help="Replace the run already in --out (its checkpoints, model.pt and logs)."
     ),
     progress: bool = typer.Option(True, help="Rich progress bars."),
+    *,
+    dataset: DatasetOptions,
+    hparams: TrainConfig,
 ) -> None:
-    """Train GeoViT on DATA's train split (three stages), validating on its val split."""
+    """Train GeoViT on DATA's train split (three stages), validating on its val split.
+
+    Options may come from --config FILE; the effective ones are written to OUT/config.yaml."""
     from lightning.pytorch.utilities import rank_zero_only
 
     from geovit.cells import CellPartition
     from geovit.model import model_config
-    from geovit.training import TrainConfig, build_datamodule, resume_model
+    from geovit.training import build_datamodule, resume_model
     from geovit.training import train as run_training
 
-    config = TrainConfig(
-        epochs=epochs,
-        freeze_epochs=freeze_epochs,
-        cnn_refreeze_epoch=cnn_refreeze_epoch,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        scheduler=scheduler,
-        warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing,
-        loss=loss,
-        tau=tau,
-        offset_weight=offset_weight,
-        offset_loss=offset_loss,
-        grad_clip=grad_clip or None,
-        precision=precision,
-        channels_last=channels_last,
-        hflip=hflip,
-        workers=workers,
-        accelerator=accelerator,
-        devices=int(devices) if devices.lstrip("-").isdigit() else devices,
-        num_nodes=num_nodes,
-        seed=seed,
-        limit_train_batches=_batches(limit_train_batches),
-        limit_val_batches=_batches(limit_val_batches),
-        **({"monitor": monitor.value} if monitor else {}),
-    )
+    config = hparams
     if (note := config.stage_warning()) is not None:
         err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
     processes = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
-    set_threads(threads, workers, processes)
+    set_threads(threads, config.workers, processes)
     if resume is not None:
         model_cfg, cells, extra_cells = resume_model(resume)
         console.print(f"resuming {resume}: model and cells come from the checkpoint")
@@ -166,11 +197,11 @@ def train(
     else:
         *extra_cells, cells = [CellPartition.load(p) for p in cells_paths]
         model_cfg = model_config(
-            preset,
+            plain(preset),
             len(cells),
             head=head,
             extra_classes=[len(c) for c in extra_cells] or None,
-            arch=arch,
+            arch=plain(arch),
             cnn=cnn,
             vit=vit,
             pretrained=pretrained,
@@ -183,10 +214,7 @@ def train(
     from geovit.data.shards import open_shards
 
     root = open_shards(data, cache_dir)  # shards: a folder, or the local mirror of a URL's
-    columns = TableColumns(image_col, lat_col, lon_col, image_template, sep, encoding)
-    manifest, _ = load_split_manifest(
-        root or data, fmt, val_fraction, val_split, split_seed, columns
-    )
+    manifest, _ = load_split_manifest(root or data, dataset)
     build = build_datamodule
     if root is not None:  # streamed from the shards
         from geovit.streaming import build_shard_datamodule
@@ -199,6 +227,7 @@ def train(
     )  # fmt: skip
     if rank_zero_only.rank != 0:
         return  # under DDP every process runs this command; one summary is enough
+    write_config(ctx, out / "config.yaml")
     for line in data_report.lines():
         console.print(line, highlight=False)
     bad = ", ".join(f"{k.split('/')[0]} {v}" for k, v in result.bad_images.items() if v)
@@ -248,8 +277,3 @@ def _report_interrupt(result) -> None:
         soft_wrap=True,
     )
     raise typer.Exit(130)
-
-
-def _batches(value: float) -> int | float:
-    """Lightning reads 1.0 as 'all batches' and an int as a count."""
-    return int(value) if value > 1 else value

@@ -33,12 +33,25 @@ __all__ = [
     "load_image",
     "open_image",
     "read_image_bytes",
+    "tta_transform",
 ]
 
 log = logging.getLogger(__name__)
 
 TRAIN_SCALE = (0.6, 1.0)
 TRAIN_RELATIVE_RATIO = (0.8, 1.25)
+# Test-time crops as (top, left, height, width) fractions of the image, in the order --tta N
+# takes them: the whole image first (so N = 1 is the plain eval transform), then a centre crop,
+# the four corners at the same scale and a tighter centre. Never flipped (driving side).
+TTA_BOXES: tuple[tuple[float, float, float, float], ...] = (
+    (0.0, 0.0, 1.0, 1.0),
+    (0.0625, 0.0625, 0.875, 0.875),
+    (0.0, 0.0, 0.875, 0.875),
+    (0.0, 0.125, 0.875, 0.875),
+    (0.125, 0.0, 0.875, 0.875),
+    (0.125, 0.125, 0.875, 0.875),
+    (0.125, 0.125, 0.75, 0.75),
+)
 # No hue jitter: hue (soil, vegetation, road paint) is itself a location cue, and on tensors
 # it costs ~4 ms per 224 px image, three quarters of the training transform's time.
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2}
@@ -134,6 +147,32 @@ def build_transform(
         steps = [v2.Resize((image_size, image_size), antialias=True), to_float]
     steps.append(v2.Normalize(list(mean), list(std)))
     return v2.Compose(steps)
+
+
+def tta_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], n: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (3, H, W) -> normalized float (n, 3, S, S): the first n TTA_BOXES, each resized
+    to S x S like the eval transform (the first crop is exactly it)."""
+    if not 1 <= n <= len(TTA_BOXES):
+        raise GeovitError(f"--tta {n} must be between 1 and {len(TTA_BOXES)} crops")
+    finish = v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    )
+    boxes = TTA_BOXES[:n]
+
+    def crops(img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        size = [image_size, image_size]
+        return torch.stack(
+            [
+                finish(TF.resized_crop(img, round(top * h), round(left * w), round(bh * h),
+                                       round(bw * w), size, antialias=True))
+                for top, left, bh, bw in boxes
+            ]
+        )  # fmt: skip
+
+    return crops
 
 
 class ImageDataset(torch.utils.data.Dataset):

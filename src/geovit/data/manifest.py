@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from geovit.dataset_options import FORMATS, SPLITS, VAL_SPLITS, DatasetOptions
 from geovit.errors import GeovitError
 
 COLUMNS = ("id", "image", "latitude", "longitude", "split")
@@ -38,9 +39,6 @@ METADATA_COLUMNS = (
     "unique_sub-region",
     "unique_city",
 )
-SPLITS = ("train", "val", "test")
-FORMATS = ("auto", "osv5m", "osv-mini", "table", "exif")
-VAL_SPLITS = ("random", "sequence", "spatial")
 ZIP_SEP = "::"
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 # The image formats geovit decodes, checked from the header before any decoder runs: nothing
@@ -779,7 +777,7 @@ def _coordinates_ok(lat: pd.Series, lon: pd.Series) -> tuple[np.ndarray, np.ndar
 def load_manifest(
     source: str | os.PathLike,
     *,
-    fmt: str = "auto",
+    fmt: str = DatasetOptions.layout,
     image_col: str | None = None,
     lat_col: str | None = None,
     lon_col: str | None = None,
@@ -787,10 +785,10 @@ def load_manifest(
     sep: str | None = None,
     encoding: str | None = None,
     need_images: bool = True,
-    val_fraction: float = 0.1,
-    val_split: str = "sequence",
+    val_fraction: float = DatasetOptions.val_fraction,
+    val_split: str = DatasetOptions.val_split,
     test_fraction: float = 0.1,
-    seed: int = 0,
+    seed: int = DatasetOptions.split_seed,
     block_km: float = 40.0,
     check_images: bool = False,
     keep_columns: Sequence[str] = (),
