@@ -1,4 +1,5 @@
-"""Data loader throughput with the training transforms: folders vs zips vs litdata shards.
+"""Data loader throughput with the training transforms: folders vs zips vs litdata shards vs
+WebDataset tar shards (the alternative streaming format; a dev dependency, not geovit's).
 
 For each source, one full pass through a DataLoader (batch 32) with 1 and N worker processes:
 images/s (wall clock) and CPU-seconds per image (this process + its workers, from getrusage),
@@ -28,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from decode import street_jpegs  # bench/decode.py: the same synthetic 512x341 street JPEGs
-from geovit.data.images import ImageDataset, build_transform, collate_skip_bad
+from geovit.data.images import ImageDataset, build_transform, collate_skip_bad, decode_image
 from geovit.data.shards import ShardDataset, collate_shards, write_shards
 from geovit.model import GeoViT, model_config
 
@@ -42,6 +44,32 @@ NUM_CLASSES = 2199  # the design's cell count
 # Dense bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet: 1,979 TFLOP/s with sparsity).
 H100_BF16_PEAK = 989e12
 MFU = 0.40
+WDS_PER_TAR = 48  # images per tar shard: several shards, so N workers each get their own
+
+
+def write_tars(jpegs: list[bytes], folder: Path) -> str:
+    """The images as WebDataset tar shards (jpg + cls per sample); returns the brace pattern."""
+    folder.mkdir()
+    with wds.ShardWriter(str(folder / "%05d.tar"), maxcount=WDS_PER_TAR, verbose=0) as sink:
+        for i, data in enumerate(jpegs):
+            sink.write({"__key__": f"{i:08d}", "jpg": data, "cls": 0})
+    n = len(list(folder.glob("*.tar")))
+    return str(folder / f"{{00000..{n - 1:05d}}}.tar")
+
+
+def webdataset(pattern: str, transform) -> wds.WebDataset:
+    """A WebDataset pipeline with the same decoder and transform as geovit's loaders: shards
+    shuffled and split across workers, a sample shuffle buffer, then decode + augment."""
+
+    def sample(s: dict) -> dict:
+        image = transform(decode_image(s["jpg"]))
+        return {"image": image, "label": int(s["cls"]), "index": int(s["__key__"])}
+
+    return (
+        wds.WebDataset(pattern, shardshuffle=100, workersplitter=wds.split_by_worker, seed=0)
+        .shuffle(256)
+        .map(sample)
+    )
 
 
 def cpu_seconds() -> float:
@@ -108,6 +136,7 @@ def main() -> None:
         )  # fmt: skip
         shards = write_shards(manifest, Path(tmp) / "shards").out
         train_shards = str(shards / "train")
+        tars = write_tars(jpegs, Path(tmp) / "wds")
         sources = {
             "folder": lambda: (ImageDataset(files, labels, transform), collate_skip_bad),
             "zip": lambda: (ImageDataset(members, labels, transform), collate_skip_bad),
@@ -117,6 +146,7 @@ def main() -> None:
                 ),
                 collate_shards,
             ),
+            "webdataset": lambda: (webdataset(tars, transform), collate_skip_bad),
         }
         for workers in (1, args.workers):
             for name, make in sources.items():
@@ -132,7 +162,7 @@ def main() -> None:
                     {"source": name, "workers": workers, "img_per_s": round(n / wall, 1),
                      "cpu_ms_per_img": round(1000 * cpu / n, 2)}
                 )  # fmt: skip
-                print(f"{name:>7} x{workers} workers: {n / wall:7.1f} img/s, "
+                print(f"{name:>10} x{workers} workers: {n / wall:7.1f} img/s, "
                       f"{1000 * cpu / n:6.2f} CPU-ms/img", flush=True)  # fmt: skip
     need = gpu_need()
     for r in results:

@@ -161,3 +161,96 @@ def test_drop_bad_file_then_good_photo(page, predictor, photos):
     tokens = page.eval_on_selector_all("#topk li", "els => els.map((e) => e.dataset.token)")
     assert tokens == ref.tokens
     assert page.offsite == []
+
+
+# --- the HTML report, as a reader sees it ------------------------------------------------------
+
+WARNING_BACKGROUND = (0xFF, 0xF3, 0xCD)  # report.py's .warning colour
+
+
+@pytest.fixture(scope="module")
+def report_html(tiny_checkpoint, tiny_world, tmp_path_factory):
+    """`geovit report` of the tiny model in a run folder whose CSV log gives training curves."""
+    import numpy as np
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from geovit.cli import app
+
+    run = tmp_path_factory.mktemp("report_run")
+    (run / "logs" / "version_0").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, run / "model.pt")
+    nan = np.nan
+    pd.DataFrame(
+        {
+            "epoch": [0, 0, 1, 1, 2, 2],
+            "step": [5, 5, 11, 11, 17, 17],
+            "train/loss_epoch": [3.0, nan, 2.5, nan, 2.2, nan],
+            "val/loss": [nan, 3.2, nan, 2.9, nan, 2.8],
+            "val/acc1": [nan, 0.1, nan, 0.2, nan, 0.25],
+        }
+    ).to_csv(run / "logs" / "version_0" / "metrics.csv", index=False)
+    out = run / "report"
+    args = ["report", "-c", str(run / "model.pt"), "-d", str(tiny_world), "-o", str(out),
+            "--examples", "1", "--fast"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return out / "report.html"
+
+
+def test_report_shows_warning_baselines_curves_and_gallery(browser, report_html):
+    """Rendered in Chromium (offline), each part is on screen: laid out with a size, images
+    decoded, and its pixels in a full-page screenshot drawn, not blank."""
+    import numpy as np
+
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    offsite: list[str] = []
+
+    def guard(route):
+        if route.request.url.startswith(("file:", "data:")):
+            route.continue_()
+        else:
+            offsite.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", guard)
+    page.goto(report_html.as_uri())
+    page.wait_for_load_state("load")
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB"))
+
+    def region(locator) -> np.ndarray:
+        assert locator.is_visible()
+        box = locator.bounding_box()  # page coordinates: the page is not scrolled
+        assert box["width"] > 50 and box["height"] > 10
+        x, y = int(box["x"]), int(box["y"])
+        return shot[y : y + int(box["height"]), x : x + int(box["width"])].astype(float)
+
+    warning = page.locator("#synthetic-warning")
+    assert "synthetic" in warning.inner_text().lower()
+    pixels = region(warning)
+    background = np.all(np.abs(pixels - WARNING_BACKGROUND) <= 2, axis=-1).mean()
+    assert background > 0.5  # the yellow warning box is drawn ...
+    assert (pixels.sum(axis=-1) < 300).mean() > 0.01  # ... with dark text on it
+    top = warning.bounding_box()["y"]
+    assert top < 900  # in the first screen, before the metrics
+
+    baselines = page.locator("xpath=//h3[starts-with(., 'Baselines')]/following-sibling::table[1]")
+    text = baselines.inner_text()
+    for row in ("this model", "always the most common training cell", "chance"):
+        assert row in text
+    assert (region(baselines).sum(axis=-1) < 300).mean() > 0.01  # its text is drawn
+
+    figures = [page.locator("img[alt='training curves']")]
+    gallery = page.locator("figure img")
+    assert gallery.count() >= 2  # one example: its heatmap and its probability map
+    figures += [gallery.nth(i) for i in range(gallery.count())]
+    for img in figures:
+        assert img.evaluate("el => el.complete && el.naturalWidth > 100")
+        assert region(img).std() > 20  # a drawn figure, not an empty box
+    caption = page.locator("figure figcaption").first
+    assert caption.is_visible()
+    size = float(caption.evaluate("el => getComputedStyle(el).fontSize").removesuffix("px"))
+    assert size >= 14  # gallery labels readable
+    assert offsite == []
+    context.close()

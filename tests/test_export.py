@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,9 @@ from typer.testing import CliRunner
 from geovit.checkpoint import CONTRACT_KEYS, load_checkpoint, set_temperature
 from geovit.cli import app
 from geovit.errors import GeovitError
-from geovit.export import METADATA_KEY, OnnxPredictor, export_onnx, load_predictor, sidecar_path
+from geovit.export import export_onnx
 from geovit.heads import HEADS
+from geovit.onnxmodel import METADATA_KEY, OnnxPredictor, load_predictor, sidecar_path
 from geovit.predictor import Predictor
 from geovit.serve import create_app
 
@@ -134,6 +137,30 @@ def test_cli_predict_runs_the_onnx_model(exported, photos):
     assert both.exit_code == 2 and "exactly one" in both.output
 
 
+def test_cli_predict_onnx_imports_no_torch_and_matches_torch(exported, photos):
+    """`geovit predict --onnx` in a fresh interpreter: after it, neither torch, timm nor
+    lightning is in sys.modules, and its probabilities are the torch Predictor's."""
+    ckpt, out = exported
+    probe = (
+        "import json, sys\nfrom geovit.cli import main\n"
+        f"sys.argv = ['geovit', 'predict', '--onnx', {str(out)!r}, '--format', 'json', "
+        f"'-k', '5', *{[str(p) for p in photos]!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    *body, modules = res.stdout.strip().splitlines()
+    heavy = [m for m in json.loads(modules) if m.split(".")[0] in ("torch", "timm", "lightning")]
+    assert heavy == []
+    ref = Predictor.from_checkpoint(ckpt, device="cpu").predict(photos, top_k=5)
+    got = json.loads("\n".join(body))
+    assert [r["image"] for r in got] == [str(p) for p in photos]
+    for a, b in zip(ref, got, strict=True):
+        assert a.tokens == [c["token"] for c in b["top_k"]]
+        np.testing.assert_allclose(a.probs, [c["probability"] for c in b["top_k"]], atol=1e-5)
+
+
 def test_onnx_predictor_applies_the_sidecar_temperature(exported, tiny_image_size):
     _, out = exported
     pred = OnnxPredictor.from_onnx(out, threads=1)
@@ -142,7 +169,7 @@ def test_onnx_predictor_applies_the_sidecar_temperature(exported, tiny_image_siz
     z = session.run(None, {"image": x.numpy()})[0].astype(np.float64) / TEMPERATURE
     ref = np.exp(z - z.max(axis=1, keepdims=True))
     ref /= ref.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(pred.predict_proba(x).numpy(), ref, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pred.predict_proba(x)), ref, atol=1e-6)
 
 
 def test_server_runs_the_onnx_model(exported, photos):

@@ -268,7 +268,7 @@ def test_16_bit_png_keeps_its_brightness() -> None:
 
 def test_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
     """A crafted progressive JPEG repeats scans thousands of times to stall the decoder."""
-    from geovit.data.images import MAX_JPEG_SCANS
+    from geovit.data.pixels import MAX_JPEG_SCANS
 
     data = encode(Image.fromarray(street_like()), progressive=True)
     normal_scans = data.count(b"\xff\xda")
@@ -278,3 +278,24 @@ def test_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
     crafted = data[:last_sos] + data[last_sos:-2] * (MAX_JPEG_SCANS + 1) + data[-2:]
     with pytest.raises(GeovitError, match="scans"):
         decode_image(crafted)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size"),
+    [(96, 64, 48), (640, 480, 224), (200, 300, 224), (64, 64, 224), (7, 5, 48), (150, 100, 150)],
+)
+def test_numpy_eval_transform_equals_the_torch_one_bit_for_bit(width, height, size) -> None:
+    """The torch-free path of the ONNX predictor (pixels.load_rgb + eval_array) against
+    torchvision's decode + antialiased uint8 Resize + ToDtype + Normalize: downscaling,
+    upscaling, both at once and no resize, on a JPEG (EXIF-rotated) and a PNG."""
+    from geovit.data.pixels import eval_array, load_rgb
+
+    img = Image.fromarray(street_like(width, height, seed=width))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    transform = build_transform(size, MEAN, STD, train=False)
+    for data in (encode(img, quality=90, exif=exif), encode(img, "PNG")):
+        ref = transform(load_image(data)).numpy()
+        ours = eval_array(load_rgb(data), size, MEAN, STD)
+        assert ours.dtype == np.float32 and ours.shape == ref.shape
+        assert np.array_equal(ours, ref)

@@ -169,7 +169,8 @@ def test_index_refuses_another_checkpoint(hybrid_checkpoint, gallery_file, photo
 
 def test_onnx_predictor_runs_hybrid_and_retrieval(hybrid_checkpoint, tiny_world, photos, tmp_path):
     from geovit.evaluation import index_split
-    from geovit.export import export_onnx, load_predictor
+    from geovit.export import export_onnx
+    from geovit.onnxmodel import load_predictor
 
     torch_pred = geovit.load(hybrid_checkpoint, device="cpu", point="hybrid")
     onnx = export_onnx(hybrid_checkpoint, tmp_path / "model.onnx")

@@ -4,6 +4,9 @@ image files' bytes, the manifest reader, CellPartition.assign, and the uninterru
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +20,13 @@ from geovit.cells import CellPartition
 from geovit.checkpoint import load_checkpoint
 from geovit.cli import app
 from geovit.data.manifest import load_manifest, read_image_bytes
-from geovit.data.shards import ShardDataset, collate_shards, read_shard_manifest, write_shards
+from geovit.data.shards import (
+    ShardDataset,
+    collate_shards,
+    open_shards,
+    read_shard_manifest,
+    write_shards,
+)
 from geovit.errors import GeovitError
 from geovit.streaming import build_shard_datamodule
 from geovit.training import TrainConfig, build_datamodule
@@ -243,3 +252,103 @@ def read_cells_labels(table: pd.DataFrame, cells_path) -> np.ndarray:
     return CellPartition.load(cells_path).assign(
         train["latitude"].to_numpy(), train["longitude"].to_numpy()
     )
+
+
+# --- shards in an object store: moto's S3 server, read by litdata's own S3 client -------------
+
+
+@pytest.fixture
+def s3(monkeypatch, shards):
+    """An S3 API server (moto) on localhost holding the shards at s3://geo/data/shards, with
+    the AWS settings a user of an S3-compatible store sets (AWS_ENDPOINT_URL)."""
+    import socket
+
+    import boto3
+    import litdata.streaming.downloader as downloader
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    # litdata fetches chunks with obstore, which refuses plain-http endpoints; marking obstore
+    # as started by another process (litdata's own fork guard) sends it through its boto3 path.
+    monkeypatch.setattr(downloader, "_OBSTORE_INIT_PID", -1)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="geo")
+    for f in shards.rglob("*"):
+        if f.is_file():
+            client.upload_file(str(f), "geo", f"data/shards/{f.relative_to(shards).as_posix()}")
+    yield "s3://geo/data/shards"
+    server.stop()
+
+
+def test_train_and_evaluate_stream_shards_from_s3(
+    s3, shards, tiny_cells, tiny_checkpoint, tmp_path
+):
+    cache = tmp_path / "cache"
+
+    def evaluate(name: str, data: str):
+        args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", data, "--out",
+                str(tmp_path / name), "--batch-size", "16", "--cache-dir", str(cache)]  # fmt: skip
+        return CliRunner().invoke(app, args)
+
+    local, remote = evaluate("local", str(shards)), evaluate("remote", s3)
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    read = lambda name: json.loads((tmp_path / name / "metrics.json").read_text())  # noqa: E731
+    assert read("remote") == read("local")  # the same images from the store: the same numbers
+    (mirror,) = cache.iterdir()  # litdata's chunk cache: the test chunks came from the store
+    fetched = sorted(p.name for p in (mirror / "test").glob("chunk-*.bin"))
+    assert fetched == sorted(p.name for p in (shards / "test").glob("chunk-*.bin"))
+    for name in fetched:
+        assert (mirror / "test" / name).read_bytes() == (shards / "test" / name).read_bytes()
+
+    out = tmp_path / "run"
+    args = ["train", "--data", s3, "--cache-dir", str(cache), "--cells", str(tiny_cells),
+            "--out", str(out), "--preset", "small", "--image-size", "32", "--no-pretrained",
+            "--epochs", "1", "--freeze-epochs", "0", "--batch-size", "8", "--workers", "0",
+            "--accelerator", "cpu", "--limit-train-batches", "2", "--limit-val-batches", "1",
+            "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "model.pt").is_file()
+    assert list(cache.iterdir()) == [mirror]  # the same shards: the same mirror
+    assert list((mirror / "train").glob("chunk-*.bin"))
+
+
+def test_unusable_object_store_urls_fail_in_one_line(s3, tiny_checkpoint, monkeypatch, tmp_path):
+    import socket
+
+    with pytest.raises(GeovitError, match=r"cannot read shards\.json"):
+        open_shards("s3://geo/not/shards", tmp_path)  # reachable, but nothing there
+    with socket.socket() as probe:  # a port nothing listens on: the store is unreachable
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    start = time.perf_counter()
+    with pytest.raises(GeovitError, match=f"cannot reach 127.0.0.1 to read {s3}"):
+        open_shards(s3, tmp_path)
+    assert time.perf_counter() - start < 10  # not boto3's 1,000 adaptive retries
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(GeovitError, match="no AWS credentials"):
+        open_shards(s3, tmp_path)
+    args = ["evaluate", "-c", str(tiny_checkpoint), "--data", s3, "--out", str(tmp_path / "e")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "no AWS credentials" in res.output
+    with pytest.raises(GeovitError, match="google-cloud-storage"):
+        open_shards("gs://bucket/shards", tmp_path)
+    with pytest.raises(GeovitError, match="azure:// is not supported"):
+        open_shards("azure://container/shards", tmp_path)
+    assert open_shards(tmp_path, tmp_path) is None  # a local folder that is not shards

@@ -78,7 +78,7 @@ def _batches(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
-        pin_memory=predictor.device.type == "cuda",
+        pin_memory=torch.device(predictor.device).type == "cuda",
     )
     for batch in loader:
         idx = batch["index"].numpy()
@@ -101,7 +101,8 @@ def stream_logits(
     for idx, images, bad in _batches(
         predictor, rows, predictor.transform, batch_size, workers, progress
     ):
-        yield idx, predictor.logits(images, scaled=scaled).numpy() if len(idx) else None, bad
+        logits = np.asarray(predictor.logits(images, scaled=scaled)) if len(idx) else None
+        yield idx, logits, bad
 
 
 def stream_outputs(
@@ -119,7 +120,7 @@ def stream_outputs(
         predictor, rows, predictor.input_transform, batch_size, workers, progress
     ):
         out = predictor.infer(images, need) if len(idx) else None
-        yield idx, None if out is None else {k: v.numpy() for k, v in out.items()}, bad
+        yield idx, None if out is None else {k: np.asarray(v) for k, v in out.items()}, bad
 
 
 def _true_places(

@@ -278,7 +278,10 @@ def occlusion_explainer(
         batch_size=batch_size,
         fast=fast,
         # bf16 in the CNN only (see the module docstring); an ONNX model has no torch CNN
-        bf16_modules=[cnn] if (cnn := getattr(predictor.model, "cnn", None)) is not None else None,
+        # bf16 in the CNN only (see the module docstring); an ONNX model has no torch CNN
+        bf16_modules=[cnn]
+        if (cnn := getattr(getattr(predictor, "model", None), "cnn", None)) is not None
+        else None,
     )
 
 

@@ -1,7 +1,8 @@
 """Fail in seconds, not after minutes of client retries, when a download host is unreachable.
 
-Every downloader (timm weights, the Hugging Face Hub, Kaggle) probes its host once with a short
-TCP connect before handing over to its real client, whose own retry loops take minutes offline.
+Every downloader (timm weights, the Hugging Face Hub, Kaggle, object-store shards) probes its
+host once with a short TCP connect before handing over to its real client, whose own retry
+loops take minutes offline.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def require_host(host: str, what: str, advice: str) -> None:
-    """Raise a one-line GeovitError when ``host:443`` cannot be reached within a few seconds.
+def require_host(host: str, what: str, advice: str, port: int = 443) -> None:
+    """Raise a one-line GeovitError when ``host:port`` cannot be reached within a few seconds.
 
     Skipped behind a proxy (a direct probe would say nothing about it).
     """
     if any(os.environ.get(k) for k in PROXY_VARIABLES):
         return
     try:
-        socket.create_connection((host, 443), timeout=PROBE_TIMEOUT_S).close()
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
         raise GeovitError(f"cannot reach {host} to {what} ({exc}): {advice}") from exc

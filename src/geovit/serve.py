@@ -64,7 +64,7 @@ BASEMAP_PATH = _PACKAGE / "assets" / "basemap.json"
 
 
 class ServablePredictor(Protocol):
-    """What the server needs: geovit.predictor.Predictor and geovit.export.OnnxPredictor fit."""
+    """What the server needs: geovit.predictor.Predictor and geovit.onnxmodel.OnnxPredictor fit."""
 
     cells: Any
     image_size: int

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from geovit.cells import CellPartition
 from geovit.data.images import build_transform
-from geovit.data.shards import ShardDataset, collate_shards
+from geovit.data.shards import ShardDataset, collate_shards, split_source
 from geovit.training import DataReport, EpochSeededLoader, TrainConfig, label_splits
 
 
@@ -64,7 +64,7 @@ class ShardDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> ShardDataset:
         train = split == "train"
         ds = ShardDataset(
-            str(self.root / split),
+            split_source(self.root, split),
             self.labels[split],
             self.transforms[split],
             shuffle=train,
@@ -115,7 +115,8 @@ def build_shard_datamodule(
     std: Sequence[float],
     config: TrainConfig,
 ) -> tuple[ShardDataModule, DataReport]:
-    """build_datamodule for a shards folder (``manifest`` = read_shard_manifest(root))."""
+    """build_datamodule for a shards folder (``manifest`` = read_shard_manifest(root)); a
+    mirror of remote shards (`open_shards`) streams its chunks from the store."""
     labels, _, is_val, report = label_splits(manifest, cells)
     is_train = (manifest["split"] == "train").to_numpy()
     train, val = manifest[is_train], manifest[is_val]

@@ -135,6 +135,11 @@ INFERENCE_OPTIONS = (
 inference_options = grouped(
     "inference", INFERENCE_OPTIONS, lambda **v: {k: plain(x) for k, x in v.items()}
 )
+CACHE_DIR = typer.Option(
+    None,
+    "--cache-dir",
+    help="Local cache for --data s3://... shards (default: $GEOVIT_CACHE or ~/.cache/geovit).",
+)
 
 
 def default_threads(workers: int, processes: int = 1) -> int:
@@ -161,18 +166,19 @@ def set_threads(threads: int | None, workers: int = 0, processes: int = 1) -> in
 
 
 def load_split_manifest(
-    data: Path, dataset: DatasetOptions, **options: Any
+    data: Path, dataset: DatasetOptions, cache_dir: Path | None = None, **options: Any
 ) -> tuple[pd.DataFrame, ManifestReport]:
     """Read DATA with the val hold-out of training; the report's lines go to stderr.
 
     `options` go to load_manifest as they are (e.g. need_images, test_fraction). Shards
-    (`geovit shards`) carry their table and the hold-out they were written with.
+    (`geovit shards`, a folder or an object-store URL mirrored in `cache_dir`) carry their
+    table and the hold-out they were written with.
     """
     from geovit.data.manifest import ManifestReport, load_manifest
-    from geovit.data.shards import is_shards, read_shard_manifest
+    from geovit.data.shards import open_shards, read_shard_manifest
 
-    if is_shards(data):
-        manifest = read_shard_manifest(data)
+    if (root := open_shards(data, cache_dir)) is not None:
+        manifest = read_shard_manifest(root)
         err_console.print(f"shards {data}: {len(manifest):,} images, hold-out as written")
         report = ManifestReport(source=str(data), fmt="shards", n_read=len(manifest))
         report.splits = manifest["split"].value_counts().to_dict()

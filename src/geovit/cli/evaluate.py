@@ -11,6 +11,7 @@ from rich.table import Table
 from geovit.cli._app import app
 from geovit.cli._common import (
     BATCH_SIZE,
+    CACHE_DIR,
     CHECKPOINT,
     DATA,
     THREADS,
@@ -61,6 +62,7 @@ def evaluate(
     batch_size: int = BATCH_SIZE,
     workers: int = WORKERS,
     threads: int = THREADS,
+    cache_dir: Path = CACHE_DIR,
     *,
     dataset: DatasetOptions,
     inference: dict[str, Any],
@@ -74,7 +76,7 @@ def evaluate(
     ensure_writable(out)
     set_threads(threads, workers)
     predictor = Predictor.from_checkpoint(checkpoint).configure(**inference)
-    manifest, _ = load_split_manifest(data, dataset)
+    manifest, _ = load_split_manifest(data, dataset, cache_dir)
     with track(f"evaluating {split}", len(split_rows(manifest, split))) as advance:
         metrics = run_evaluation(
             predictor,

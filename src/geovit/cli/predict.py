@@ -23,7 +23,7 @@ from geovit.cli._common import (
 from geovit.errors import GeovitError
 
 if TYPE_CHECKING:
-    from geovit.predictor import Prediction, Predictor
+    from geovit.prediction import Prediction, PredictorBase
 
 OutputFormat = choices("OutputFormat", ("table", "json", "geojson"))
 
@@ -51,7 +51,7 @@ def _prediction_table(path: str, pred: Prediction) -> Table:
     return table
 
 
-def _geojson(predictor: Predictor, results: list[tuple[str, Prediction]]) -> dict:
+def _geojson(predictor: PredictorBase, results: list[tuple[str, Prediction]]) -> dict:
     """Each image's top-k cells as polygons with their probability, plus its best-guess point."""
     from geovit.geojson import feature_collection, prediction_geojson
 
@@ -84,8 +84,8 @@ def predict(
     inference: dict[str, Any],
 ) -> None:
     """Where was each photo taken? Top-k cells with probabilities and a best-guess point."""
-    from geovit.export import load_predictor
-    from geovit.predictor import expand_images, predict_files
+    from geovit.onnxmodel import load_predictor
+    from geovit.prediction import expand_images, predict_files
 
     if (checkpoint is None) == (onnx is None):
         raise GeovitError("pass exactly one of --checkpoint CKPT or --onnx model.onnx")

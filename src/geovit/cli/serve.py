@@ -37,7 +37,7 @@ def serve(
     inference: dict[str, Any],
 ) -> None:
     """Serve the web page (/) and the HTTP API (/predict, /explain, /cells, /health, /docs)."""
-    from geovit.export import load_predictor
+    from geovit.onnxmodel import load_predictor
     from geovit.serve import create_app, run
 
     predictor = load_predictor(checkpoint, **inference)

@@ -17,6 +17,7 @@ import typer
 
 from geovit.cli._app import app
 from geovit.cli._common import (
+    CACHE_DIR,
     DATA,
     THREADS,
     choices,
@@ -163,6 +164,7 @@ def train(
         None, help="linear (cells) or hybrid (cells + offset within the cell) (default: linear)."
     ),
     threads: int = THREADS,
+    cache_dir: Path = CACHE_DIR,
     resume: Path = typer.Option(None, help="Continue a run from its last.ckpt."),
     overwrite: bool = typer.Option(
         False, help="Replace the run already in --out (its checkpoints, model.pt and logs)."
@@ -209,14 +211,15 @@ def train(
             vit_weights=str(vit_weights) if vit_weights else None,
             image_size=image_size,
         )
-    from geovit.data.shards import is_shards
+    from geovit.data.shards import open_shards
 
-    manifest, _ = load_split_manifest(data, dataset)
+    root = open_shards(data, cache_dir)  # shards: a folder, or the local mirror of a URL's
+    manifest, _ = load_split_manifest(root or data, dataset)
     build = build_datamodule
-    if is_shards(data):  # streamed from the shards
+    if root is not None:  # streamed from the shards
         from geovit.streaming import build_shard_datamodule
 
-        build = functools.partial(build_shard_datamodule, root=data)
+        build = functools.partial(build_shard_datamodule, root=root)
     result, data_report = run_training(
         manifest, cells, out, model_cfg, config, resume=resume, progress=progress, build=build,
         notify=rank_zero_only(lambda line: console.print(line, highlight=False, soft_wrap=True)),

@@ -8,20 +8,19 @@ horizontally by default: a mirrored street drives on the other side of the road.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torchvision.io import ImageReadMode
 from torchvision.io import decode_image as tv_decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from geovit.data.pixels import ImageSource, open_image, pil_rgb, read_source
 from geovit.data.refs import IMAGE_FORMATS, read_image_bytes
 from geovit.errors import GeovitError
 
@@ -59,32 +58,6 @@ JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2}
 
 
 TORCHVISION_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")  # libjpeg-turbo/libpng/libwebp: faster
-# A progressive JPEG has about 10 scans; a crafted one with thousands makes libjpeg re-run the
-# whole image per scan (seconds of CPU for a few hundred KB), so more are refused unread.
-MAX_JPEG_SCANS = 100
-SOS_MARKER = b"\xff\xda"  # entropy-coded data stuffs 0xFF with 0x00: only markers match
-
-
-def open_image(data: bytes) -> Image.Image:
-    """Pillow's lazy handle on encoded bytes (header parsed, pixels not decoded), restricted
-    to IMAGE_FORMATS. Raises GeovitError for empty bytes or any other format; lets Pillow's
-    DecompressionBombError through (the server answers it with its own status)."""
-    if not data:
-        raise GeovitError("the image is empty (0 bytes)")
-    try:
-        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise GeovitError(
-            f"cannot decode image ({len(data)} bytes): not an accepted format (geovit reads "
-            f"{', '.join(IMAGE_FORMATS)}); convert it to JPEG or PNG"
-        ) from exc
-    if img.format in ("JPEG", "MPO") and (scans := data.count(SOS_MARKER)) > MAX_JPEG_SCANS:
-        img.close()
-        raise GeovitError(
-            f"JPEG with {scans} scans, over the {MAX_JPEG_SCANS}-scan limit (a normal progressive "
-            "JPEG has about 10): re-encode it"
-        )
-    return img
 
 
 def decode_image(data: bytes) -> torch.Tensor:
@@ -111,24 +84,12 @@ def decode_image(data: bytes) -> torch.Tensor:
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
     """A PIL image (any mode) -> uint8 (3, H, W) RGB with EXIF orientation applied."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L"):  # convert("RGB") would clip 16 bits to white
-        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().astype(np.uint8))
-    return TF.pil_to_tensor(img.convert("RGB"))
+    return TF.pil_to_tensor(pil_rgb(img))
 
 
-def load_image(src: Image.Image | str | os.PathLike | bytes) -> torch.Tensor:
+def load_image(src: ImageSource) -> torch.Tensor:
     """A PIL image, a path / "ARCHIVE.zip::member" reference, or encoded bytes -> uint8 (3,H,W)."""
-    if isinstance(src, Image.Image):
-        return pil_to_uint8(src)
-    if isinstance(src, bytes | bytearray):
-        return decode_image(bytes(src))
-    try:
-        return decode_image(read_image_bytes(str(src)))
-    except GeovitError as exc:
-        if str(src) in str(exc):  # read errors already name the file
-            raise
-        raise GeovitError(f"{src}: {exc}") from None
+    return read_source(src, decode_image, pil_to_uint8)
 
 
 class AspectRandomResizedCrop:

@@ -4,7 +4,14 @@ Why litdata (Lightning's) and not WebDataset: it belongs to the Lightning stack 
 with, streams from local folders or object stores (s3://, gs://, ...) with the same reader,
 splits chunks across ranks and DataLoader workers itself, and shuffles by (seed, epoch) - the
 property geovit's exact resume rests on - where WebDataset's buffer shuffle depends on worker
-timing. bench/loader.py measures it against folders and zips.
+timing. bench/loader.py measures it against folders, zips and WebDataset tars (the same
+CPU cost per image within noise: bench/RESULTS.md).
+
+SHARDS may also be an object-store URL (``s3://bucket/prefix``, S3-compatible stores through
+``AWS_ENDPOINT_URL``; ``gs://`` with google-cloud-storage installed): `open_shards` probes the
+endpoint in seconds, copies the two small table files into a local mirror under the cache
+folder and points litdata at the URL with that mirror as its cache (``litdata.Dir``), so chunks
+are fetched as each rank and worker needs them and everything else reads local files.
 
 Layout of SHARDS/: ``train/``, ``val/``, ``test/`` (litdata chunks + index.json; one item per
 image: its encoded bytes, its row in the split, id, coordinates and place columns) and
@@ -15,9 +22,12 @@ when the shards are written.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,13 +38,15 @@ import numpy as np
 import pandas as pd
 import torch
 from litdata import StreamingDataset
+from litdata.streaming.resolver import Dir
 from litdata.streaming.writer import BinaryWriter
 
 from geovit.data.images import collate_skip_bad, decode_image
 from geovit.data.manifest import COLUMNS, METADATA_COLUMNS, SPLITS
 from geovit.data.refs import read_image_bytes
 from geovit.errors import GeovitError
-from geovit.fileio import write_text
+from geovit.fileio import write_bytes, write_text
+from geovit.net import require_host
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +54,118 @@ SHARDS_FORMAT = "geovit-shards/1"
 INFO = "shards.json"
 TABLE = "manifest.parquet"
 CHUNK_BYTES = "64MB"
+SOURCE = "source.json"  # in a local mirror of remote shards: the URL the chunks stream from
+# Object stores litdata 0.2.76 streams from that geovit can reach without a Lightning account.
+REMOTE_SCHEMES = ("s3", "gs")
+CACHE_ENV = "GEOVIT_CACHE"
 
 
 def is_shards(path: str | os.PathLike) -> bool:
-    """A folder written by `write_shards`."""
+    """A folder written by `write_shards` (or a local mirror of remote ones)."""
     return (Path(path) / INFO).is_file()
+
+
+def shards_url(data: str | os.PathLike) -> str | None:
+    """DATA as an object-store URL (``s3://bucket/prefix``), or None for a local path. The CLI
+    parses --data as a path, and a Path collapses "//", so "s3:/bucket" counts too."""
+    match = re.fullmatch(r"([a-z0-9]+):/+(.*?)/*", os.fspath(data))
+    if match is None or match[1] not in (*REMOTE_SCHEMES, "azure", "r2", "hf"):
+        return None
+    if match[1] not in REMOTE_SCHEMES:
+        raise GeovitError(
+            f"--data {match[1]}:// is not supported: geovit streams shards from "
+            f"{', '.join(s + '://' for s in REMOTE_SCHEMES)} (or a mounted folder)"
+        )
+    return f"{match[1]}://{match[2]}"
+
+
+def default_cache_dir() -> Path:
+    """Where remote shards are mirrored: $GEOVIT_CACHE, else $XDG_CACHE_HOME/geovit/shards."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "geovit" / "shards"
+
+
+def _probe_store(url: str) -> None:
+    """Fail in seconds with one line when the store of ``url`` cannot be used from here: no
+    client library, no credentials, or its endpoint unreachable (the clients' own retries
+    would take minutes)."""
+    from urllib.parse import urlsplit
+
+    scheme = url.partition("://")[0]
+    if scheme == "gs":
+        try:
+            import google.cloud.storage  # noqa: F401
+        except ImportError:
+            raise GeovitError(
+                f"--data {url}: gs:// needs the google-cloud-storage package "
+                "(pip install google-cloud-storage) and Google credentials"
+            ) from None
+        host, port = "storage.googleapis.com", 443
+        advice = "check the network and your Google credentials"
+    else:
+        import boto3
+
+        session = boto3.Session()
+        if session.get_credentials() is None:
+            raise GeovitError(
+                f"--data {url}: no AWS credentials: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / ~/.aws/credentials)"
+            )
+        endpoint = urlsplit(session.client("s3").meta.endpoint_url)
+        host = endpoint.hostname or "s3.amazonaws.com"
+        port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+        advice = "check the network, or AWS_ENDPOINT_URL for an S3-compatible store"
+    require_host(host, f"read {url}", advice, port=port)
+
+
+def _fetch(url: str, name: str) -> bytes:
+    """One small object under ``url`` through litdata's downloader for its scheme."""
+    from litdata.streaming.downloader import get_downloader
+
+    buffer = io.BytesIO()
+    try:
+        get_downloader(url, "", []).download_fileobj(f"{url}/{name}", buffer)
+    except Exception as exc:  # each client has its own errors: missing key, denied, ...
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise GeovitError(
+            f"--data {url}: cannot read {name} ({type(exc).__name__}: {first}); is it a "
+            "folder written by `geovit shards`, and may these credentials read it?"
+        ) from None
+    return buffer.getvalue()
+
+
+def open_shards(data: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local folder of the shards DATA names: DATA itself when it is a shards folder, a
+    mirror under ``cache_dir`` (default `default_cache_dir`) when it is an object-store URL,
+    or None when DATA is not shards.
+
+    The mirror holds the remote table files and SOURCE (the URL); its split folders are
+    litdata's cache for the chunks. It is named by the URL and the table's hash, so rewritten
+    shards never mix with chunks cached from an older version.
+    """
+    url = shards_url(data)
+    if url is None:
+        return Path(data) if is_shards(data) else None
+    _probe_store(url)
+    info, table = _fetch(url, INFO), _fetch(url, TABLE)
+    key = hashlib.sha256(url.encode() + b"\0" + table).hexdigest()[:16]
+    mirror = Path(cache_dir or default_cache_dir()) / key
+    if not is_shards(mirror):
+        write_bytes(mirror / TABLE, table)
+        write_text(mirror / SOURCE, json.dumps({"url": url}))
+        write_bytes(mirror / INFO, info)  # last: its presence marks a complete mirror
+    return mirror
+
+
+def split_source(root: str | os.PathLike, split: str) -> str | Dir:
+    """litdata's input_dir for one split of a shards folder: the folder itself, or for a
+    mirror of remote shards its URL with the mirror's split folder as the chunk cache."""
+    root = Path(root)
+    if not (root / SOURCE).is_file():
+        return str(root / split)
+    url = json.loads((root / SOURCE).read_text(encoding="utf-8"))["url"]
+    return Dir(path=str(root / split), url=f"{url}/{split}")
 
 
 @dataclass
@@ -164,7 +283,7 @@ class ShardDataset(StreamingDataset):
 
     def __init__(
         self,
-        input_dir: str,
+        input_dir: str | Dir,
         labels: np.ndarray,
         transform: Callable[[torch.Tensor], torch.Tensor],
         *,
@@ -206,16 +325,21 @@ def shard_split(
     index is the row's position in ``rows``), or None when the rows are not from shards."""
     if rows.empty or "row" not in rows.columns:
         return None
-    folder = str(rows["image"].iloc[0]).rpartition("#")[0]
-    if not folder or not (Path(folder) / "index.json").is_file():
+    folder = Path(str(rows["image"].iloc[0]).rpartition("#")[0])
+    if not folder.name or not is_shards(folder.parent):
         return None
-    total = int(
-        json.loads((Path(folder).parent / INFO).read_text())["splits"][rows["split"].iloc[0]]
-    )
+    split = rows["split"].iloc[0]
+    total = int(json.loads((folder.parent / INFO).read_text())["splits"][split])
     index_of = np.full(total, -1, dtype=np.int64)
     index_of[rows["row"].to_numpy()] = np.arange(len(rows))
     labels = np.zeros(total, dtype=np.int64)
     dataset = ShardDataset(
-        folder, labels, transform, shuffle=False, seed=0, skip_outside=False, index_of=index_of
+        split_source(folder.parent, split),
+        labels,
+        transform,
+        shuffle=False,
+        seed=0,
+        skip_outside=False,
+        index_of=index_of,
     )
     return dataset, collate_shards
