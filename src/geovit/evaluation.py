@@ -39,6 +39,7 @@ from geovit.metrics import (
     num,
     reverse_geocode,
 )
+from geovit.points import describe
 from geovit.predictor import Predictor
 
 if TYPE_CHECKING:
@@ -260,6 +261,7 @@ def _evaluate(
         "n_classes": len(cells),
         "temperature": predictor.temperature,
         "point": point.name,
+        "point_description": describe(point.name),
         "tta": predictor.tta,
         **metrics.compute(),
     }

@@ -445,7 +445,9 @@ class DistanceError(Accumulator):
         dist = m["distance"]
         return [
             (
-                "Distance error (predicted point = top cell's centroid)",
+                # the estimator's phrase, recorded by the evaluation (geovit.points.describe)
+                "Distance error (predicted point = "
+                f"{m.get('point_description', 'the top cell centroid')})",
                 [
                     "mean km",
                     "median km",
