@@ -49,7 +49,7 @@ from geovit.errors import GeovitError
 from geovit.evaluation import evaluate, split_rows
 from geovit.fileio import write_bytes, write_text
 from geovit.geo import spherical_mean
-from geovit.metrics import GeoMetrics
+from geovit.metrics import GeoMetrics, ScoredBatch, top_cell_points
 from geovit.model import model_config
 from geovit.monitor import Monitor
 from geovit.predictor import Predictor
@@ -178,7 +178,8 @@ def score_logits(
 ) -> dict[str, Any]:
     """GeoMetrics of one fixed set of logits (true places geocoded like evaluate does)."""
     metrics = GeoMetrics(*centroids, ks=ks, place_levels=("country",))
-    metrics.update(logits, labels, lat, lon)
+    pred = top_cell_points(logits, *centroids)
+    metrics.update(ScoredBatch.from_logits(logits, labels, lat, lon, *pred))
     return headline(metrics.compute())
 
 
