@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import geovit.data.pixels
 import geovit.report
 from geovit.cli import app
 from geovit.data.manifest import load_manifest
@@ -236,7 +237,8 @@ def test_report_streams_the_split_once_and_decodes_each_gallery_photo_once_more(
     monkeypatch.setattr(geovit.evaluation, "stream_logits", counted_stream)
     monkeypatch.setattr(geovit.report, "stream_logits", counted_stream)
     monkeypatch.setattr(geovit.evaluation, "stream_outputs", counted_outputs)
-    monkeypatch.setattr(geovit.data.images, "read_image_bytes", counted_read)
+    monkeypatch.setattr(geovit.data.images, "read_image_bytes", counted_read)  # the dataset
+    monkeypatch.setattr(geovit.data.pixels, "read_image_bytes", counted_read)  # load_image
     geovit.report.build_report(
         predictor, manifest, tmp_path / "rep", per_kind=1, patch=16, stride=16
     )

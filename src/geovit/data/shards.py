@@ -23,6 +23,7 @@ when the shards are written.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -94,18 +95,20 @@ def _probe_store(url: str) -> None:
 
     scheme = url.partition("://")[0]
     if scheme == "gs":
-        try:
-            import google.cloud.storage  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("google.cloud.storage") is None:  # litdata's gs:// client
             raise GeovitError(
                 f"--data {url}: gs:// needs the google-cloud-storage package "
                 "(pip install google-cloud-storage) and Google credentials"
-            ) from None
+            )
         host, port = "storage.googleapis.com", 443
         advice = "check the network and your Google credentials"
     else:
-        import boto3
-
+        try:
+            import boto3  # litdata's s3:// client
+        except ImportError:
+            raise GeovitError(
+                f"--data {url}: s3:// needs boto3: pip install 'geovit[s3]' (or boto3)"
+            ) from None
         session = boto3.Session()
         if session.get_credentials() is None:
             raise GeovitError(
