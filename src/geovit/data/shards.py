@@ -95,7 +95,11 @@ def _probe_store(url: str) -> None:
 
     scheme = url.partition("://")[0]
     if scheme == "gs":
-        if importlib.util.find_spec("google.cloud.storage") is None:  # litdata's gs:// client
+        try:  # litdata's gs:// client (find_spec imports the parents: google.cloud may be absent)
+            found = importlib.util.find_spec("google.cloud.storage") is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
             raise GeovitError(
                 f"--data {url}: gs:// needs the google-cloud-storage package "
                 "(pip install google-cloud-storage) and Google credentials"
